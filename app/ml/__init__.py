@@ -1,0 +1,1 @@
+"""Pure scikit-learn: the algorithm catalog, estimators, anomaly thresholds and fitting."""

@@ -1,0 +1,163 @@
+"""The algorithm catalog: what Lloyd can train, what each supports, and its hyperparameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from sklearn.base import BaseEstimator
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
+
+from app.ml.dbscan_knn import DBSCANKNN
+from app.ml.exceptions import HyperparameterError
+from app.ml.params_schema import REFUSED_OPTIONS, params_schema
+
+Family = Literal["clustering", "mixture", "anomaly"]
+
+# Every operation the service knows, in the order the API documents them.
+OPERATIONS = (
+    "predict",
+    "predict_proba",
+    "transform",
+    "score_samples",
+    "score",
+    "anomalies",
+    "sample",
+    "bic",
+    "aic",
+)
+
+# Hyperparameters that would harm a shared server (its threads, its logs) or that only make sense
+# across repeated fits in one process; refused for every algorithm.
+SERVER_REFUSED = frozenset(
+    {"n_jobs", "verbose", "verbose_interval", "warm_start", "copy_x", "memory", "metric_params"}
+)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One entry of the catalog."""
+
+    name: str
+    family: Family
+    estimator_class: type[BaseEstimator]
+    wraps: str
+    operations: tuple[str, ...]
+    summary: str
+    refused: frozenset[str] = field(default=SERVER_REFUSED)
+    # The hyperparameter that sets the number of clusters, checked against the number of rows.
+    n_clusters_param: str | None = None
+
+    @cached_property
+    def params_schema(self) -> dict[str, Any]:
+        return params_schema(self.estimator_class, refused=self.refused)
+
+    def supports(self, operation: str) -> bool:
+        return operation in self.operations
+
+    def build(self, params: dict[str, Any]) -> BaseEstimator:
+        """An unfitted estimator with ``params``, validated by scikit-learn's own constraints."""
+        allowed = set(self.estimator_class().get_params(deep=False)) - self.refused
+        for name, value in params.items():
+            if name in self.refused:
+                raise HyperparameterError(
+                    name, f"'{name}' is not accepted by this service: it is set by the server"
+                )
+            if name not in allowed:
+                raise HyperparameterError(
+                    name,
+                    f"unknown hyperparameter '{name}' for {self.name}; "
+                    f"accepted: {', '.join(sorted(allowed))}",
+                )
+            if isinstance(value, str) and value in REFUSED_OPTIONS:
+                raise HyperparameterError(
+                    name, f"'{value}' is not accepted for '{name}' by this service"
+                )
+        estimator = self.estimator_class(**params)
+        try:
+            estimator._validate_params()
+        except ValueError as exc:  # InvalidParameterError subclasses ValueError
+            bad = next((n for n in params if f"'{n}' parameter" in str(exc)), "params")
+            raise HyperparameterError(bad, str(exc)) from exc
+        return estimator
+
+
+_CLUSTERING = ("predict", "transform", "score", "anomalies")
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm(
+            name="kmeans",
+            family="clustering",
+            estimator_class=KMeans,
+            wraps="sklearn.cluster.KMeans",
+            operations=_CLUSTERING,
+            summary="Lloyd's k-means: k centroids, each point to its nearest.",
+            n_clusters_param="n_clusters",
+        ),
+        Algorithm(
+            name="minibatch_kmeans",
+            family="clustering",
+            estimator_class=MiniBatchKMeans,
+            wraps="sklearn.cluster.MiniBatchKMeans",
+            operations=_CLUSTERING,
+            summary="k-means on mini-batches: faster on large data, slightly higher inertia.",
+            n_clusters_param="n_clusters",
+        ),
+        Algorithm(
+            name="dbscan",
+            family="clustering",
+            estimator_class=DBSCANKNN,
+            wraps="sklearn.cluster.DBSCAN + sklearn.neighbors.KNeighborsClassifier",
+            operations=("predict", "predict_proba", "anomalies"),
+            summary=(
+                "Density-based clusters of any shape; new points take the vote of the nearest "
+                "core samples, or -1 (noise) beyond max_distance (default eps)."
+            ),
+        ),
+        Algorithm(
+            name="gaussian_mixture",
+            family="mixture",
+            estimator_class=GaussianMixture,
+            wraps="sklearn.mixture.GaussianMixture",
+            operations=(
+                "predict",
+                "predict_proba",
+                "score_samples",
+                "score",
+                "sample",
+                "bic",
+                "aic",
+                "anomalies",
+            ),
+            summary="Gaussian mixture fitted by EM: soft clusters, densities, sampling, BIC/AIC.",
+            n_clusters_param="n_components",
+        ),
+        Algorithm(
+            name="bayesian_gaussian_mixture",
+            family="mixture",
+            estimator_class=BayesianGaussianMixture,
+            wraps="sklearn.mixture.BayesianGaussianMixture",
+            operations=(
+                "predict",
+                "predict_proba",
+                "score_samples",
+                "score",
+                "sample",
+                "anomalies",
+            ),
+            summary=(
+                "Variational Bayesian Gaussian mixture: gives near-zero weight to the "
+                "components the data does not need."
+            ),
+            n_clusters_param="n_components",
+        ),
+    )
+}
+
+
+def get_algorithm(name: str) -> Algorithm | None:
+    return ALGORITHMS.get(name)

@@ -1,0 +1,18 @@
+"""Errors raised by the ml layer; the services translate them into the API's errors."""
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter is unknown, refused, or outside what the estimator accepts."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.message = message
+
+
+class FitError(ValueError):
+    """The data cannot be fitted with these settings (too few rows, no core samples, ...)."""
+
+
+class InferenceInputError(ValueError):
+    """The rows posted for inference do not fit the model (wrong width, ...)."""

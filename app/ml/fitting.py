@@ -1,0 +1,165 @@
+"""fit_model: validate, fit, score and summarise one training, as scikit-learn would do it."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+from app.ml.anomaly import AnomalyThreshold
+from app.ml.catalog import Algorithm
+from app.ml.dbscan_knn import DBSCANKNN
+from app.ml.exceptions import FitError
+from app.ml.model import FittedModel
+from app.ml.preprocessing import build_preprocessor
+
+# Silhouette costs O(n^2); above this many rows it is computed on a seeded sample of this size.
+SILHOUETTE_SAMPLE_SIZE = 10_000
+# A mixture component with at least this weight counts as effective (Bayesian mixtures).
+EFFECTIVE_WEIGHT = 0.01
+
+
+@dataclass(frozen=True)
+class FitResult:
+    model: FittedModel
+    params: dict[str, Any]  # every resolved hyperparameter, JSON-ready
+    metrics: dict[str, Any]
+    training_seconds: float
+
+
+def plain(value: Any) -> Any:
+    """A value as plain JSON (numpy scalars and arrays included; non-finite floats become None)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def fit_model(
+    *,
+    algorithm: Algorithm,
+    params: dict[str, Any],
+    preprocessing: list[dict[str, Any]],
+    X: np.ndarray,
+    feature_names: list[str] | None,
+    contamination: float,
+) -> FitResult:
+    """Fit ``algorithm`` on ``X`` exactly as scikit-learn would, then measure it."""
+    estimator = algorithm.build(params)
+    preprocessor = build_preprocessor(preprocessing)
+    n_samples, n_features = X.shape
+    if algorithm.n_clusters_param:
+        k = estimator.get_params()[algorithm.n_clusters_param]
+        if k > n_samples:
+            raise FitError(
+                f"{algorithm.n_clusters_param}={k} is more than the {n_samples} rows posted"
+            )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        started = time.perf_counter()
+        try:
+            Xt = preprocessor.fit_transform(X) if preprocessor is not None else X
+            estimator.fit(Xt)
+        except ValueError as exc:
+            raise FitError(str(exc)) from exc
+        training_seconds = time.perf_counter() - started
+    model = FittedModel(
+        algorithm=algorithm.name,
+        family=algorithm.family,
+        estimator=estimator,
+        preprocessor=preprocessor,
+        anomaly=AnomalyThreshold.fit(np.zeros(1), contamination),  # replaced below
+        n_features_in=n_features,
+        feature_names=feature_names,
+    )
+    scores = model.anomaly_scores_in_model_space(Xt)
+    model.anomaly = AnomalyThreshold.fit(scores, contamination)
+    metrics = training_metrics(model, Xt)
+    fit_warnings = sorted({str(w.message) for w in caught})
+    if fit_warnings:
+        metrics["warnings"] = fit_warnings
+    resolved = {
+        k: v for k, v in estimator.get_params(deep=False).items() if k not in algorithm.refused
+    }
+    return FitResult(model, plain(resolved), plain(metrics), training_seconds)
+
+
+def _cluster_sizes(labels: np.ndarray, n_clusters: int) -> list[int]:
+    return np.bincount(labels[labels >= 0], minlength=n_clusters).tolist()
+
+
+def _separation_metrics(Xt: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Silhouette, Davies-Bouldin and Calinski-Harabasz, when the labels allow them."""
+    n_labels = len(np.unique(labels))
+    if not 2 <= n_labels <= len(labels) - 1:
+        return {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None}
+    sampled = len(labels) > SILHOUETTE_SAMPLE_SIZE
+    out: dict[str, Any] = {
+        "silhouette": silhouette_score(
+            Xt,
+            labels,
+            sample_size=SILHOUETTE_SAMPLE_SIZE if sampled else None,
+            random_state=0 if sampled else None,
+        ),
+        "davies_bouldin": davies_bouldin_score(Xt, labels),
+        "calinski_harabasz": calinski_harabasz_score(Xt, labels),
+    }
+    if sampled:
+        out["silhouette_sample_size"] = SILHOUETTE_SAMPLE_SIZE
+    return out
+
+
+def training_metrics(model: FittedModel, Xt: np.ndarray) -> dict[str, Any]:
+    """Metrics by family, on the training rows in model space."""
+    est = model.estimator
+    n = len(Xt)
+    if isinstance(est, DBSCANKNN):
+        labels = est.labels_
+        n_clusters = len(set(labels.tolist()) - {-1})
+        return {
+            "n_clusters": n_clusters,
+            "n_core_samples": len(est.core_sample_indices_),
+            "noise_ratio": float(np.mean(labels == -1)),
+            "cluster_sizes": _cluster_sizes(labels, n_clusters),
+        }
+    if model.family == "mixture":
+        labels = est.predict(Xt)
+        out: dict[str, Any] = {
+            "log_likelihood": float(est.score(Xt)) * n,
+            "converged": bool(est.converged_),
+            "n_iter": int(est.n_iter_),
+            "lower_bound": float(est.lower_bound_),
+            "cluster_sizes": _cluster_sizes(labels, len(est.weights_)),
+        }
+        if hasattr(est, "bic"):
+            out = {"bic": est.bic(Xt), "aic": est.aic(Xt), **out}
+        else:
+            out["effective_components"] = int(np.sum(est.weights_ > EFFECTIVE_WEIGHT))
+            out["weights"] = est.weights_
+        return out
+    labels = getattr(est, "labels_", None)
+    if labels is None:
+        labels = est.predict(Xt)
+    return {
+        "inertia": float(est.inertia_),
+        **_separation_metrics(Xt, labels),
+        "n_iter": int(est.n_iter_),
+        "cluster_sizes": _cluster_sizes(labels, len(est.cluster_centers_)),
+    }

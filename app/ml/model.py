@@ -1,0 +1,153 @@
+"""FittedModel: a fitted preprocessor, estimator and anomaly threshold, and every operation on them."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.pipeline import Pipeline
+
+from app.ml.anomaly import AnomalyThreshold
+from app.ml.dbscan_knn import DBSCANKNN
+from app.ml.exceptions import InferenceInputError
+
+
+@dataclass(eq=False)
+class FittedModel:
+    """What an artifact holds. Inference runs the preprocessing, then the estimator, exactly as a
+    :class:`sklearn.pipeline.Pipeline` of the same steps would."""
+
+    algorithm: str
+    family: str
+    estimator: BaseEstimator
+    preprocessor: Pipeline | None
+    anomaly: AnomalyThreshold
+    n_features_in: int
+    feature_names: list[str] | None
+
+    # -- input ---------------------------------------------------------------------------------
+    def model_space(self, X: np.ndarray) -> np.ndarray:
+        """``X`` checked for width and passed through the preprocessing."""
+        if X.ndim != 2 or X.shape[1] != self.n_features_in:
+            width = X.shape[1] if X.ndim == 2 else "?"
+            raise InferenceInputError(
+                f"rows have {width} features; this model was trained on {self.n_features_in}"
+            )
+        return self.preprocessor.transform(X) if self.preprocessor is not None else X
+
+    @property
+    def cost_per_row(self) -> int:
+        """Rough multiply-adds per row of inference, for deciding what may run inline."""
+        est = self.estimator
+        d = self.n_features_in
+        if isinstance(est, DBSCANKNN):
+            return d * len(est.core_sample_indices_)
+        if hasattr(est, "cluster_centers_"):
+            return d * len(est.cluster_centers_)
+        if hasattr(est, "means_"):
+            return d * d * len(est.means_)
+        return d * 100
+
+    # -- operations ----------------------------------------------------------------------------
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.estimator.predict(self.model_space(X))
+
+    def predict_proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (rows x classes) and the class label of each column."""
+        proba = self.estimator.predict_proba(self.model_space(X))
+        classes = getattr(self.estimator, "classes_", np.arange(proba.shape[1]))
+        return proba, np.asarray(classes)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return self.estimator.transform(self.model_space(X))
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        return self.estimator.score_samples(self.model_space(X))
+
+    def score(self, X: np.ndarray) -> float:
+        return float(self.estimator.score(self.model_space(X)))
+
+    def anomaly_scores_in_model_space(self, Xt: np.ndarray) -> np.ndarray:
+        """Higher is more anomalous: distance to the nearest centroid (k-means), to the nearest
+        core sample (DBSCAN), or the negative log-density (mixtures)."""
+        est = self.estimator
+        if isinstance(est, DBSCANKNN):
+            return est.core_distance(Xt)
+        if self.family == "mixture":
+            return -est.score_samples(Xt)
+        return est.transform(Xt).min(axis=1)
+
+    def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
+        return self.anomaly_scores_in_model_space(self.model_space(X))
+
+    def sample(self, n_samples: int, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """``n_samples`` rows drawn from the mixture, in the original feature space."""
+        estimator = copy.copy(self.estimator)  # the cached model itself stays untouched
+        estimator.random_state = random_state
+        X, components = estimator.sample(n_samples)
+        if self.preprocessor is not None:
+            X = self.preprocessor.inverse_transform(X)
+        return X, components
+
+    def bic(self, X: np.ndarray) -> float:
+        return float(self.estimator.bic(self.model_space(X)))
+
+    def aic(self, X: np.ndarray) -> float:
+        return float(self.estimator.aic(self.model_space(X)))
+
+    # -- inspection ----------------------------------------------------------------------------
+    def parameters(self) -> dict[str, Any]:
+        """The fitted parameters, as plain JSON-ready values."""
+        est = self.estimator
+        out: dict[str, Any] = {}
+        if isinstance(est, DBSCANKNN):
+            out |= {
+                "n_core_samples": len(est.core_sample_indices_),
+                "classes": est.classes_.tolist(),
+                "eps": float(est.eps),
+                "max_distance": est.max_distance_,
+                "n_neighbors": est.n_neighbors_,
+            }
+        elif hasattr(est, "cluster_centers_"):
+            out["n_clusters"] = len(est.cluster_centers_)
+            out["cluster_centers"] = est.cluster_centers_.tolist()
+            if self.preprocessor is not None:
+                out["cluster_centers_input_space"] = self.preprocessor.inverse_transform(
+                    est.cluster_centers_
+                ).tolist()
+        elif hasattr(est, "means_"):
+            out |= {
+                "n_components": len(est.weights_),
+                "covariance_type": est.covariance_type,
+                "weights": est.weights_.tolist(),
+                "means": est.means_.tolist(),
+                "covariances": est.covariances_.tolist(),
+            }
+            if self.preprocessor is not None:
+                out["means_input_space"] = self.preprocessor.inverse_transform(
+                    est.means_
+                ).tolist()
+        out["anomaly"] = {
+            "contamination": self.anomaly.contamination,
+            "threshold": self.anomaly.threshold,
+        }
+        out["preprocessing"] = self._preprocessing_parameters()
+        return out
+
+    def _preprocessing_parameters(self) -> list[dict[str, Any]]:
+        if self.preprocessor is None:
+            return []
+        steps = []
+        for name, step in self.preprocessor.steps:
+            entry: dict[str, Any] = {"step": name.split("_", 1)[1]}
+            for attr in ("mean_", "scale_", "components_", "explained_variance_ratio_"):
+                value = getattr(step, attr, None)
+                if value is not None:
+                    entry[attr.rstrip("_")] = np.asarray(value).tolist()
+            if hasattr(step, "n_components_"):
+                entry["n_components"] = int(step.n_components_)
+            steps.append(entry)
+        return steps
