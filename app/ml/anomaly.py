@@ -40,9 +40,7 @@ class AnomalyThreshold:
         scores = np.sort(np.asarray(scores, dtype=np.float64))
         threshold = float(np.quantile(scores, 1.0 - contamination))
         exact = len(scores) <= REFERENCE_SIZE
-        reference = (
-            scores if exact else np.quantile(scores, np.linspace(0.0, 1.0, REFERENCE_SIZE))
-        )
+        reference = scores if exact else np.quantile(scores, np.linspace(0.0, 1.0, REFERENCE_SIZE))
         summary = {
             "contamination": contamination,
             "threshold": threshold,
@@ -50,7 +48,9 @@ class AnomalyThreshold:
             "training_flagged_ratio": float(np.mean(scores > threshold)),
             "training_score_quantiles": {
                 f"{q:g}": float(v)
-                for q, v in zip(SUMMARY_QUANTILES, np.quantile(scores, SUMMARY_QUANTILES))
+                for q, v in zip(
+                    SUMMARY_QUANTILES, np.quantile(scores, SUMMARY_QUANTILES), strict=True
+                )
             },
             "percentiles": "exact" if exact else f"interpolated from {REFERENCE_SIZE} quantiles",
         }

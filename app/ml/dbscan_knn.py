@@ -1,4 +1,4 @@
-"""DBSCANKNN: DBSCAN for training, a k-nearest-neighbours classifier on its core samples for new points."""
+"""DBSCANKNN: DBSCAN, then a k-nearest-neighbours classifier on its core samples for new points."""
 
 from __future__ import annotations
 
@@ -121,4 +121,5 @@ class DBSCANKNN(ClusterMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """The classifier's vote shares over ``classes_`` among the nearest core samples."""
-        return self.knn_.predict_proba(self._validated(X))
+        X = self._validated(X)  # first: it raises NotFittedError before knn_ is read
+        return self.knn_.predict_proba(X)

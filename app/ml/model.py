@@ -1,4 +1,4 @@
-"""FittedModel: a fitted preprocessor, estimator and anomaly threshold, and every operation on them."""
+"""FittedModel: fitted preprocessing, estimator and anomaly threshold, and every operation."""
 
 from __future__ import annotations
 
@@ -127,9 +127,7 @@ class FittedModel:
                 "covariances": est.covariances_.tolist(),
             }
             if self.preprocessor is not None:
-                out["means_input_space"] = self.preprocessor.inverse_transform(
-                    est.means_
-                ).tolist()
+                out["means_input_space"] = self.preprocessor.inverse_transform(est.means_).tolist()
         out["anomaly"] = {
             "contamination": self.anomaly.contamination,
             "threshold": self.anomaly.threshold,

@@ -1,0 +1,1 @@
+"""HTTP layer: thin routers, request and response models, dependencies and error handling."""

@@ -1,0 +1,51 @@
+"""Dependencies: the app's registry, settings and metrics, and the one place a path's model
+version is resolved."""
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from app.observability import ServiceMetrics
+from app.registry.model_registry import LATEST, ModelRegistry
+from app.registry.records import ModelVersion
+from app.settings import Settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+
+NamePath = Annotated[str, Path(description="The model's name.", examples=["line-7"])]
+VersionPath = Annotated[
+    str,
+    Path(
+        description="A version number, an alias (e.g. `production`) or `latest`.",
+        examples=["latest"],
+    ),
+]
+
+
+def path_version(name: NamePath, version: VersionPath, registry: RegistryDep) -> ModelVersion:
+    """The version named by ``{name}`` and ``{version}``; 404 when either does not exist."""
+    return registry.get_version(name, version)
+
+
+def latest_version(name: NamePath, registry: RegistryDep) -> ModelVersion:
+    """The latest version of ``{name}``; 404 when there is none."""
+    return registry.get_version(name, LATEST)
+
+
+ModelVersionDep = Annotated[ModelVersion, Depends(path_version)]
+LatestVersionDep = Annotated[ModelVersion, Depends(latest_version)]

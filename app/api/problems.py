@@ -1,0 +1,85 @@
+"""The exception handlers: every error leaves as application/problem+json."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.api.responses import problem
+from app.errors import LloydError
+
+log = logging.getLogger("app.errors")
+
+
+def json_pointer(loc: list[Any] | tuple[Any, ...]) -> str:
+    """``("body", "data", "instances", 0, 1)`` -> ``/data/instances/0/1`` (RFC 6901)."""
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "pointer": json_pointer(e["loc"]),
+            "loc": list(e["loc"]),
+            "msg": e["msg"],
+            "type": e["type"],
+        }
+        for e in errors
+    ]
+
+
+async def lloyd_error(_: Request, exc: LloydError) -> Response:
+    errors = None
+    if exc.errors:
+        errors = [{"pointer": json_pointer(e.get("loc", [])), **e} for e in exc.errors]
+    return problem(exc.status, exc.code, exc.title, exc.detail, errors=errors, extra=exc.extra)
+
+
+async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+    errors = _validation_errors(list(exc.errors()))
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem(
+            400,
+            "malformed_json",
+            "Malformed JSON",
+            "the request body is not valid JSON",
+            errors=errors,
+        )
+    first = errors[0] if errors else {"pointer": "", "msg": "invalid request"}
+    where = first["pointer"] or "the request"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return problem(
+        422, "validation_error", "Invalid request", f"{where}: {first['msg']}{more}", errors=errors
+    )
+
+
+# Stable codes for the statuses Starlette itself raises.
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    phrase = HTTPStatus(exc.status_code).phrase
+    code = HTTP_CODES.get(exc.status_code) or phrase.lower().replace(" ", "_").replace("-", "_")
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else phrase
+    if exc.status_code == 404 and detail == phrase:
+        detail = "no such endpoint; see /docs"
+    return problem(exc.status_code, code, phrase, detail, headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "internal_error", "Internal server error", "an unexpected error occurred")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(LloydError, lloyd_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,1 @@
+"""The routers: training, prediction, scoring, models, algorithms, health."""

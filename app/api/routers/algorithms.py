@@ -1,0 +1,41 @@
+"""Algorithms router: the catalog."""
+
+from fastapi import APIRouter, Path
+
+from app.api.schemas import AlgorithmOut, Problem
+from app.errors import AlgorithmNotFound
+from app.ml.catalog import ALGORITHMS, Algorithm
+
+router = APIRouter(prefix="/v1/algorithms", tags=["algorithms"])
+
+
+def _out(algorithm: Algorithm) -> AlgorithmOut:
+    return AlgorithmOut(
+        name=algorithm.name,
+        family=algorithm.family,
+        wraps=algorithm.wraps,
+        summary=algorithm.summary,
+        operations=list(algorithm.operations),
+        params_schema=algorithm.params_schema,
+    )
+
+
+@router.get("", response_model=list[AlgorithmOut])
+async def list_algorithms() -> list[AlgorithmOut]:
+    """Every algorithm Lloyd trains, its operations and the JSON Schema of its hyperparameters."""
+    return [_out(a) for a in ALGORITHMS.values()]
+
+
+@router.get(
+    "/{name}",
+    response_model=AlgorithmOut,
+    responses={404: {"model": Problem, "description": "No such algorithm."}},
+)
+async def get_algorithm(
+    name: str = Path(description="Algorithm name.", examples=["kmeans"]),
+) -> AlgorithmOut:
+    """One algorithm of the catalog."""
+    algorithm = ALGORITHMS.get(name)
+    if algorithm is None:
+        raise AlgorithmNotFound(f"no algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+    return _out(algorithm)

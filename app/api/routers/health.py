@@ -1,0 +1,35 @@
+"""Health router: liveness, readiness and Prometheus metrics."""
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import MetricsDep, RegistryDep
+from app.api.responses import FastJSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Database or store unavailable."}})
+async def readyz(registry: RegistryDep) -> Response:
+    """Ready when the database answers and the model store is writable."""
+    database = await run_in_threadpool(registry.ping)
+    store = await run_in_threadpool(registry.store.is_writable)
+    ready = database and store
+    return FastJSONResponse(
+        {"status": "ready" if ready else "not ready", "database": database, "store": store},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(service_metrics: MetricsDep) -> Response:
+    """Prometheus metrics: requests and latency by route and status, trainings and their
+    duration, model cache hits, misses and size."""
+    return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

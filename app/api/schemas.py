@@ -1,0 +1,327 @@
+"""Request and response models of the API (pydantic v2), with the examples /docs shows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+
+from app.ml.anomaly import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+ModelName = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        max_length=128,
+        description="Letters, digits, '_', '.', '-'; starts with a letter or digit; at most 128.",
+        examples=["line-7"],
+    ),
+]
+# A feature value: a JSON number, finite; strings, booleans and null are refused.
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Row = list[Number]
+Record = dict[str, Number]
+Contamination = Annotated[float, Field(ge=0.0, le=MAX_CONTAMINATION)]
+
+EXAMPLE_INSTANCES = [[0.1, 2.3], [0.2, 2.1], [5.1, 0.3]]
+
+
+class Strict_(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Rows(Strict_):
+    """Rows as ``instances`` (lists of numbers) or ``records`` (objects keyed by feature name):
+    exactly one of the two."""
+
+    instances: list[Row] | None = Field(
+        None, description="Rows of numbers, all of one width.", examples=[EXAMPLE_INSTANCES]
+    )
+    records: list[Record] | None = Field(
+        None,
+        description="Objects keyed by feature name (the model's `feature_names`).",
+        examples=[[{"temperature": 0.1, "pressure": 2.3}]],
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Rows:
+        if (self.instances is None) == (self.records is None):
+            raise ValueError("send exactly one of 'instances' or 'records'")
+        return self
+
+
+class InferenceRequest(Rows):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"instances": EXAMPLE_INSTANCES}]}
+    )
+
+
+class AnomaliesRequest(InferenceRequest):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"instances": EXAMPLE_INSTANCES},
+                {"instances": EXAMPLE_INSTANCES, "contamination": 0.05},
+            ]
+        },
+    )
+    contamination: Contamination | None = Field(
+        None,
+        description="Flag the share of training rows this contamination would flag, instead of "
+        "the stored threshold. Exclusive with `threshold`.",
+    )
+    threshold: Number | None = Field(
+        None, description="Flag rows scoring above this. Exclusive with `contamination`."
+    )
+
+    @model_validator(mode="after")
+    def _one_override(self) -> AnomaliesRequest:
+        if self.contamination is not None and self.threshold is not None:
+            raise ValueError("send at most one of 'contamination' or 'threshold'")
+        return self
+
+
+class SampleRequest(Strict_):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"n_samples": 6, "random_state": 0}]}
+    )
+    n_samples: int = Field(1, ge=1, description="Rows to draw (at most LLOYD_MAX_SAMPLE_ROWS).")
+    random_state: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Seed; the same seed draws the same rows."
+    )
+
+
+class CriterionRequest(InferenceRequest):
+    """Rows to compute the criterion on; send no body for the training-set value."""
+
+
+# -- training ------------------------------------------------------------------------------------
+class StandardScalerStep(Strict_):
+    step: Literal["standard_scaler"]
+    with_mean: bool = True
+    with_std: bool = True
+
+
+class PCAStep(Strict_):
+    step: Literal["pca"]
+    n_components: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0.0, lt=1.0)] | None = (
+        Field(
+            None,
+            description="Components to keep (an int), or the share of variance to keep (a "
+            "float in (0, 1)); all when null.",
+        )
+    )
+    whiten: bool = False
+    svd_solver: Literal["auto", "full", "covariance_eigh", "arpack", "randomized"] = "auto"
+    random_state: int | None = Field(None, ge=0, le=2**32 - 1)
+
+
+PreprocessingStep = Annotated[StandardScalerStep | PCAStep, Field(discriminator="step")]
+
+
+class AnomalySettings(Strict_):
+    contamination: Contamination = Field(
+        DEFAULT_CONTAMINATION,
+        description="Share of training rows the stored threshold flags, in [0, 0.5].",
+    )
+
+
+class TrainRequest(Strict_):
+    """Train a new version of model ``name``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "line-7",
+                    "algorithm": "gaussian_mixture",
+                    "params": {"n_components": 2, "random_state": 42},
+                    "preprocessing": [{"step": "standard_scaler"}],
+                    "anomaly": {"contamination": 0.04},
+                    "data": {
+                        "instances": [
+                            [0.1, 2.3],
+                            [0.2, 2.1],
+                            [0.15, 2.2],
+                            [0.12, 2.25],
+                            [5.1, 0.3],
+                            [5.0, 0.4],
+                            [5.2, 0.35],
+                            [5.05, 0.32],
+                        ]
+                    },
+                    "feature_names": ["temperature", "pressure"],
+                    "description": "normal parts, week 47",
+                    "tags": {"line": "7"},
+                }
+            ]
+        },
+    )
+
+    name: ModelName
+    algorithm: str = Field(description="A name from `GET /v1/algorithms`.", examples=["kmeans"])
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Hyperparameters, checked against the algorithm's `params_schema`.",
+    )
+    preprocessing: list[PreprocessingStep] = Field(
+        default_factory=list, max_length=8, description="Steps applied before the estimator."
+    )
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    data: Rows
+    feature_names: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, description="Column names; taken from the records' keys when omitted."
+    )
+    description: str | None = Field(None, max_length=2000)
+    tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=50
+    )
+
+
+# -- responses -----------------------------------------------------------------------------------
+class ArtifactOut(BaseModel):
+    sha256: str
+    size_bytes: int
+
+
+class VersionOut(BaseModel):
+    """One immutable trained version."""
+
+    name: str
+    version: int
+    aliases: list[str]
+    algorithm: str
+    params: dict[str, Any] = Field(description="Every resolved hyperparameter.")
+    preprocessing: list[dict[str, Any]]
+    feature_names: list[str] | None
+    n_samples: int
+    n_features: int
+    metrics: dict[str, Any] = Field(description="Training metrics of the algorithm's family.")
+    anomaly: dict[str, Any] = Field(
+        description="Stored threshold, contamination, score direction and training score quantiles."
+    )
+    operations: list[str]
+    artifact: ArtifactOut
+    library_versions: dict[str, str]
+    training_seconds: float
+    created_at: datetime
+    description: str | None
+    tags: dict[str, str]
+
+
+class ModelOut(BaseModel):
+    name: str
+    created_at: datetime
+    latest_version: int | None
+    n_versions: int
+    aliases: dict[str, int] = Field(description="Alias -> version number.")
+    algorithm: str | None = Field(description="Algorithm of the latest version.")
+
+
+class Page(BaseModel):
+    total: int
+    offset: int
+    limit: int
+
+
+class ModelPage(Page):
+    items: list[ModelOut]
+
+
+class VersionPage(Page):
+    items: list[VersionOut]
+
+
+class AliasRequest(Strict_):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 1}]})
+    version: int = Field(ge=1, description="The version number the alias points at.")
+
+
+class DeletedOut(BaseModel):
+    name: str
+    deleted_versions: list[int]
+
+
+class AlgorithmOut(BaseModel):
+    name: str
+    family: str
+    wraps: str
+    summary: str
+    operations: list[str]
+    params_schema: dict[str, Any]
+
+
+class ParametersOut(BaseModel):
+    model: str
+    version: int
+    algorithm: str
+    parameters: dict[str, Any]
+
+
+class Answer(BaseModel):
+    model: str
+    version: int
+
+
+class PredictOut(Answer):
+    labels: list[int] = Field(description="Cluster index per row; -1 is noise (DBSCAN).")
+
+
+class PredictProbaOut(Answer):
+    probabilities: list[list[float]] = Field(description="Rows x classes.")
+    classes: list[int]
+
+
+class TransformOut(Answer):
+    distances: list[list[float]] = Field(description="Distance to every centroid, rows x k.")
+
+
+class ScoreSamplesOut(Answer):
+    scores: list[float] = Field(description="scikit-learn's score_samples: higher is more normal.")
+
+
+class ScoreOut(Answer):
+    score: float
+    n_samples: int
+
+
+class AnomaliesOut(Answer):
+    anomaly_scores: list[float] = Field(description="Higher is more anomalous.")
+    is_anomaly: list[bool]
+    percentiles: list[float] = Field(
+        description="Per row, the percentage (0-100) of training rows that scored lower."
+    )
+    threshold: float
+    threshold_source: Literal["stored", "contamination", "threshold"]
+    contamination: float | None
+    score_direction: str
+
+
+class SampleOut(Answer):
+    instances: list[list[float]] = Field(description="Rows in the original feature space.")
+    components: list[int]
+
+
+class BicOut(Answer):
+    bic: float
+    n_samples: int
+
+
+class AicOut(Answer):
+    aic: float
+    n_samples: int
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = None

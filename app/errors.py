@@ -1,0 +1,81 @@
+"""Domain errors: each carries a stable code and its HTTP status; one handler writes problems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LloydError(Exception):
+    """Base of every error the API reports on purpose."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        at: list[str | int] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """``at`` is the request location of a single bad value, e.g. ``["body", "params",
+        "n_clusters"]``; ``errors`` lists several."""
+        super().__init__(detail)
+        self.detail = detail
+        if at is not None:
+            errors = [{"loc": at, "msg": detail, "type": "value_error"}]
+        self.errors = errors
+        self.extra = extra or {}
+
+
+class InvalidInput(LloydError):
+    status, code, title = 422, "invalid_input", "Invalid input"
+
+
+class InvalidParameter(LloydError):
+    status, code, title = 422, "invalid_parameter", "Invalid hyperparameter"
+
+
+class UnknownAlgorithm(LloydError):
+    status, code, title = 422, "unknown_algorithm", "Unknown algorithm"
+
+
+class TrainingFailed(LloydError):
+    status, code, title = 422, "training_failed", "Training failed"
+
+
+class UnsupportedOperation(LloydError):
+    status, code, title = 422, "unsupported_operation", "Operation not supported"
+
+
+class PayloadTooLarge(LloydError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class NotFound(LloydError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class ModelNotFound(NotFound):
+    code, title = "model_not_found", "Model not found"
+
+
+class VersionNotFound(NotFound):
+    code, title = "version_not_found", "Model version not found"
+
+
+class AlgorithmNotFound(NotFound):
+    code, title = "algorithm_not_found", "Algorithm not found"
+
+
+class AliasNotFound(NotFound):
+    code, title = "alias_not_found", "Alias not found"
+
+
+class ArtifactIntegrityError(LloydError):
+    """The artifact on disk is missing or does not match its recorded sha256: it is never
+    unpickled. The version stays listed so that an operator can see and delete it."""
+
+    status, code, title = 409, "artifact_integrity", "Model artifact failed its integrity check"

@@ -1,0 +1,328 @@
+"""ModelRegistry: saves, finds, loads, caches and deletes model versions."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from app.errors import AliasNotFound, InvalidInput, ModelNotFound, VersionNotFound
+from app.registry.artifacts import ArtifactStore
+from app.registry.cache import ModelCache
+from app.registry.database import WRITE
+from app.registry.orm import AliasRow, ModelRow, VersionRow
+from app.registry.records import ModelSummary, ModelVersion, NewVersion
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+# Concurrent trainings of one name race for the next version number; the loser of a unique
+# constraint violation simply tries again.
+ALLOCATION_ATTEMPTS = 20
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored moment is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class ModelRegistry:
+    """One transaction per operation; returns plain records."""
+
+    def __init__(self, engine: Engine, store: ArtifactStore, cache: ModelCache) -> None:
+        self.engine = engine
+        self.store = store
+        self.cache = cache
+        self._write_engine = engine.execution_options(**WRITE)
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -- lookups -------------------------------------------------------------------------------
+    @staticmethod
+    def _model_row(session: Session, name: str, *, lock: bool = False) -> ModelRow:
+        query = select(ModelRow).where(ModelRow.name == name)
+        if lock:
+            query = query.with_for_update()
+        row = session.scalars(query).one_or_none()
+        if row is None:
+            raise ModelNotFound(f"no model named {name!r}")
+        return row
+
+    @staticmethod
+    def _version_row(session: Session, model: ModelRow, ref: str | int) -> VersionRow:
+        ref = str(ref)
+        query = select(VersionRow).where(VersionRow.model_id == model.id)
+        if ref == LATEST:
+            query = query.order_by(VersionRow.version.desc()).limit(1)
+            what = "no versions"
+        elif ref.isdigit():
+            query = query.where(VersionRow.version == int(ref))
+            what = f"no version {ref}"
+        else:
+            query = query.join(AliasRow, AliasRow.version_id == VersionRow.id).where(
+                AliasRow.alias == ref
+            )
+            what = f"no version and no alias {ref!r}"
+        row = session.scalars(query).one_or_none()
+        if row is None:
+            raise VersionNotFound(f"model {model.name!r} has {what}")
+        return row
+
+    @staticmethod
+    def _aliases_by_version(session: Session, model_id: int) -> dict[int, list[str]]:
+        rows = session.execute(
+            select(AliasRow.version_id, AliasRow.alias)
+            .where(AliasRow.model_id == model_id)
+            .order_by(AliasRow.alias)
+        )
+        out: dict[int, list[str]] = {}
+        for version_id, alias in rows:
+            out.setdefault(version_id, []).append(alias)
+        return out
+
+    @staticmethod
+    def _record(name: str, row: VersionRow, aliases: list[str]) -> ModelVersion:
+        return ModelVersion(
+            name=name,
+            version=row.version,
+            aliases=aliases,
+            algorithm=row.algorithm,
+            params=row.params,
+            preprocessing=row.preprocessing,
+            feature_names=row.feature_names,
+            n_samples=row.n_samples,
+            n_features=row.n_features,
+            metrics=row.metrics,
+            anomaly=row.anomaly,
+            operations=row.operations,
+            artifact_path=row.artifact_path,
+            artifact_sha256=row.artifact_sha256,
+            artifact_size=row.artifact_size,
+            library_versions=row.library_versions,
+            training_seconds=row.training_seconds,
+            created_at=_utc(row.created_at),
+            description=row.description,
+            tags=row.tags,
+        )
+
+    def get_version(self, name: str, ref: str | int = LATEST) -> ModelVersion:
+        """The version ``ref`` (a number, an alias or ``latest``) of model ``name``."""
+        with self._reading() as session:
+            model = self._model_row(session, name)
+            row = self._version_row(session, model, ref)
+            aliases = self._aliases_by_version(session, model.id).get(row.id, [])
+            return self._record(name, row, aliases)
+
+    def list_versions(
+        self, name: str, *, offset: int, limit: int
+    ) -> tuple[list[ModelVersion], int]:
+        with self._reading() as session:
+            model = self._model_row(session, name)
+            total = session.scalar(
+                select(func.count()).select_from(VersionRow).where(VersionRow.model_id == model.id)
+            )
+            rows = session.scalars(
+                select(VersionRow)
+                .where(VersionRow.model_id == model.id)
+                .order_by(VersionRow.version)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            aliases = self._aliases_by_version(session, model.id)
+            return [self._record(name, r, aliases.get(r.id, [])) for r in rows], int(total or 0)
+
+    def _summary(self, session: Session, model: ModelRow) -> ModelSummary:
+        latest = session.execute(
+            select(VersionRow.version, VersionRow.algorithm)
+            .where(VersionRow.model_id == model.id)
+            .order_by(VersionRow.version.desc())
+            .limit(1)
+        ).one_or_none()
+        count = session.scalar(
+            select(func.count()).select_from(VersionRow).where(VersionRow.model_id == model.id)
+        )
+        aliases = session.execute(
+            select(AliasRow.alias, VersionRow.version)
+            .join(VersionRow, AliasRow.version_id == VersionRow.id)
+            .where(AliasRow.model_id == model.id)
+            .order_by(AliasRow.alias)
+        )
+        return ModelSummary(
+            name=model.name,
+            created_at=_utc(model.created_at),
+            latest_version=latest[0] if latest else None,
+            n_versions=int(count or 0),
+            aliases={alias: version for alias, version in aliases},
+            algorithm=latest[1] if latest else None,
+        )
+
+    def get_model(self, name: str) -> ModelSummary:
+        with self._reading() as session:
+            return self._summary(session, self._model_row(session, name))
+
+    def list_models(self, *, offset: int, limit: int) -> tuple[list[ModelSummary], int]:
+        with self._reading() as session:
+            total = session.scalar(select(func.count()).select_from(ModelRow))
+            rows = session.scalars(
+                select(ModelRow).order_by(ModelRow.name).offset(offset).limit(limit)
+            ).all()
+            return [self._summary(session, r) for r in rows], int(total or 0)
+
+    # -- writes --------------------------------------------------------------------------------
+    def register(self, name: str, new: NewVersion, model: Any) -> ModelVersion:
+        """Store ``model`` as the next version of ``name``.
+
+        The artifact is durable on disk before the row is committed; if the commit fails the
+        artifact is removed, so neither exists without the other."""
+        artifact = self.store.write(self.store.serialize(model))
+        try:
+            for attempt in range(ALLOCATION_ATTEMPTS):
+                try:
+                    version = self._insert_version(name, new, artifact)
+                    # The freshly fitted model is the likeliest to be asked for next.
+                    self.cache.get(version.cache_key, lambda: model)
+                    return version
+                except IntegrityError:
+                    log.debug("version allocation for %r lost a race (attempt %d)", name, attempt)
+            raise RuntimeError(f"could not allocate a version of {name!r}")
+        except BaseException:
+            self.store.delete(artifact.path)
+            raise
+
+    def _insert_version(self, name: str, new: NewVersion, artifact) -> ModelVersion:
+        with self._writing() as session:
+            model = session.scalars(
+                select(ModelRow).where(ModelRow.name == name).with_for_update()
+            ).one_or_none()
+            if model is None:
+                model = ModelRow(name=name)
+                session.add(model)
+                session.flush()
+            current = session.scalar(
+                select(func.max(VersionRow.version)).where(VersionRow.model_id == model.id)
+            )
+            row = VersionRow(
+                model_id=model.id,
+                version=(current or 0) + 1,
+                algorithm=new.algorithm,
+                params=new.params,
+                preprocessing=new.preprocessing,
+                feature_names=new.feature_names,
+                n_samples=new.n_samples,
+                n_features=new.n_features,
+                metrics=new.metrics,
+                anomaly=new.anomaly,
+                operations=new.operations,
+                artifact_path=artifact.path,
+                artifact_sha256=artifact.sha256,
+                artifact_size=artifact.size_bytes,
+                library_versions=new.library_versions,
+                training_seconds=new.training_seconds,
+                description=new.description,
+                tags=new.tags,
+            )
+            session.add(row)
+            session.flush()
+            return self._record(name, row, [])
+
+    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+        if not ALIAS_PATTERN.match(alias) or alias == LATEST:
+            raise InvalidInput(
+                f"alias {alias!r} is not allowed: it must start with a letter, use only letters, "
+                "digits, '_', '.', '-' (at most 64) and not be 'latest'",
+                at=["path", "alias"],
+            )
+        with self._writing() as session:
+            model = self._model_row(session, name, lock=True)
+            row = self._version_row(session, model, version)
+            existing = session.scalars(
+                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
+            ).one_or_none()
+            if existing is None:
+                session.add(AliasRow(model_id=model.id, alias=alias, version_id=row.id))
+            else:
+                existing.version_id = row.id
+            session.flush()
+            aliases = self._aliases_by_version(session, model.id).get(row.id, [])
+            return self._record(name, row, aliases)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        with self._writing() as session:
+            model = self._model_row(session, name, lock=True)
+            row = session.scalars(
+                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
+            ).one_or_none()
+            if row is None:
+                raise AliasNotFound(f"model {name!r} has no alias {alias!r}")
+            session.delete(row)
+
+    def delete_version(self, name: str, ref: str | int) -> ModelVersion:
+        """Delete one version (its aliases go with it), then its artifact."""
+        with self._writing() as session:
+            model = self._model_row(session, name, lock=True)
+            row = self._version_row(session, model, ref)
+            record = self._record(name, row, [])
+            for alias in session.scalars(select(AliasRow).where(AliasRow.version_id == row.id)):
+                session.delete(alias)
+            session.delete(row)
+        # The row is gone before the file: a crash in between leaves an orphan file, never a
+        # row whose artifact is missing.
+        self._forget(record)
+        return record
+
+    def delete_model(self, name: str) -> list[ModelVersion]:
+        """Delete a model, every version and alias of it, then their artifacts."""
+        with self._writing() as session:
+            model = self._model_row(session, name, lock=True)
+            rows = session.scalars(select(VersionRow).where(VersionRow.model_id == model.id)).all()
+            records = [self._record(name, r, []) for r in rows]
+            for alias in session.scalars(select(AliasRow).where(AliasRow.model_id == model.id)):
+                session.delete(alias)
+            for row in rows:
+                session.delete(row)
+            session.delete(model)
+        for record in records:
+            self._forget(record)
+        return records
+
+    def _forget(self, record: ModelVersion) -> None:
+        self.cache.evict(lambda key: key[:2] == (record.name, record.version))
+        self.store.delete(record.artifact_path)
+
+    # -- artifacts -----------------------------------------------------------------------------
+    def cached(self, version: ModelVersion) -> Any | None:
+        """The loaded model if it is in memory, else None (no disk access)."""
+        return self.cache.peek(version.cache_key)
+
+    def load(self, version: ModelVersion) -> Any:
+        """The loaded model of ``version``: from the cache, or from disk after its sha256 check."""
+        return self.cache.get(
+            version.cache_key,
+            lambda: self.store.load(
+                version.artifact_path, version.artifact_sha256, label=version.label
+            ),
+        )
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            return True
+        except OperationalError:
+            return False
