@@ -1,0 +1,82 @@
+"""Shared fixtures: a fresh SQLite file and model store per test, the real app built by the
+factory, a client that runs its lifespan, and a PostgreSQL schema per test where one is reachable."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+
+POSTGRES_URL = os.environ.get(
+    "LLOYD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    values = {
+        "database_url": f"sqlite:///{tmp_path / 'lloyd.db'}",
+        "models_store": tmp_path / "models_store",
+    } | overrides
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The real app on a fresh SQLite file and store, lifespan (migrations included) run."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        engine = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure to connect means: no PostgreSQL here
+        return f"PostgreSQL not reachable at {POSTGRES_URL}: {type(exc).__name__}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> str | None:
+    """None when PostgreSQL answers, else the reason it does not."""
+    return _postgres_reachable()
+
+
+@pytest.fixture
+def postgres_url(postgres_available: str | None) -> Iterator[str]:
+    """A URL whose connections live in a fresh schema of the test database, dropped afterwards."""
+    if postgres_available:
+        pytest.skip(postgres_available)
+    schema = f"lloyd_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each registry test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lloyd.db'}"
+    return request.getfixturevalue("postgres_url")
