@@ -129,7 +129,11 @@ def test_dbscan_metric_enum_excludes_precomputed():
         ("gaussian_mixture", {"warm_start": True}, "warm_start"),
         ("gaussian_mixture", {"verbose_interval": 5}, "verbose_interval"),
         ("bayesian_gaussian_mixture", {"covariance_type": "bogus"}, "covariance_type"),
-        ("bayesian_gaussian_mixture", {"weight_concentration_prior": -1.0}, "weight_concentration_prior"),
+        (
+            "bayesian_gaussian_mixture",
+            {"weight_concentration_prior": -1.0},
+            "weight_concentration_prior",
+        ),
         ("dbscan", {"metric": "precomputed"}, "metric"),
         ("dbscan", {"algorithm": "precomputed"}, "algorithm"),
         ("dbscan", {"metric": "mahalanobis"}, "metric"),

@@ -41,9 +41,11 @@ def test_fit_equals_dbscan(moons, fitted):
     np.testing.assert_array_equal(fitted.components_, reference.components_)
     # The data set is chosen so the checks below see clusters, noise and border points.
     assert len(set(reference.labels_.tolist()) - {-1}) >= 2
-    assert 0 < np.sum(reference.labels_ == -1)
+    assert np.sum(reference.labels_ == -1) > 0
     assert len(reference.core_sample_indices_) < len(moons.X)
-    np.testing.assert_array_equal(fitted.classes_, np.unique(reference.labels_[fitted.labels_ >= 0]))
+    np.testing.assert_array_equal(
+        fitted.classes_, np.unique(reference.labels_[fitted.labels_ >= 0])
+    )
     assert fitted.n_features_in_ == 2
     assert fitted.max_distance_ == EPS
     assert fitted.n_neighbors_ == 5
@@ -125,10 +127,9 @@ def test_larger_max_distance_never_adds_noise(moons):
 
 def test_n_neighbors_is_capped_by_the_core_samples():
     # Six points close together (the only core samples) and four scattered ones.
-    X = np.array(
-        [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.1, 0.1], [0.05, 0.05], [0.05, 0.0]]
-        + [[5.0, 5.0], [-5.0, 5.0], [5.0, -5.0], [-5.0, -5.0]]
-    )
+    tight = [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.1, 0.1], [0.05, 0.05], [0.05, 0.0]]
+    scattered = [[5.0, 5.0], [-5.0, 5.0], [5.0, -5.0], [-5.0, -5.0]]
+    X = np.array(tight + scattered)
     est = DBSCANKNN(eps=0.2, min_samples=5, n_neighbors=50).fit(X)
     assert len(est.core_sample_indices_) == 6
     assert est.n_neighbors_ == 6
@@ -222,44 +223,42 @@ def test_no_core_samples_raises_and_leaves_it_unfitted(moons, method):
         getattr(est, method)(moons.X_new)
 
 
-# scikit-learn's own estimator checks; they fit on their own small random data, which at the
-# default eps has no core samples, so most run with an eps that makes every point core.
-@pytest.mark.parametrize(
-    ("check", "estimator"),
-    [
-        (name, DBSCANKNN(eps=1000.0))
-        for name in (
-            "check_no_attributes_set_in_init",
-            "check_parameters_default_constructible",
-            "check_get_params_invariance",
-            "check_set_params",
-            "check_dont_overwrite_parameters",
-            "check_fit_idempotent",
-            "check_n_features_in",
-            "check_n_features_in_after_fitting",
-            "check_fit2d_predict1d",
-            "check_estimators_dtypes",
-            "check_estimators_fit_returns_self",
-            "check_estimators_overwrite_params",
-            "check_estimators_pickle",
-            "check_estimators_unfitted",
-            "check_estimators_nan_inf",
-            "check_estimators_empty_data_messages",
-            "check_methods_subset_invariance",
-            "check_methods_sample_order_invariance",
-            "check_readonly_memmap_input",
-            "check_dict_unchanged",
-            "check_fit_check_is_fitted",
-            "check_param_validation",
-            "check_estimator_cloneable",
-            "check_estimator_repr",
-            "check_do_not_raise_errors_in_init_or_set_params",
-        )
-    ]
-    + [("check_clustering", DBSCANKNN())],
-    ids=lambda v: v if isinstance(v, str) else "",
-)
-def test_scikit_learn_estimator_check(check, estimator):
+# scikit-learn's own estimator checks. They fit on their own small random data, which at the
+# default eps has no core samples, so all but check_clustering (which needs real clusters) run
+# with an eps that makes every point a core sample.
+ESTIMATOR_CHECKS = [
+    "check_no_attributes_set_in_init",
+    "check_parameters_default_constructible",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_dont_overwrite_parameters",
+    "check_fit_idempotent",
+    "check_n_features_in",
+    "check_n_features_in_after_fitting",
+    "check_fit2d_predict1d",
+    "check_estimators_dtypes",
+    "check_estimators_fit_returns_self",
+    "check_estimators_overwrite_params",
+    "check_estimators_pickle",
+    "check_estimators_unfitted",
+    "check_estimators_nan_inf",
+    "check_estimators_empty_data_messages",
+    "check_methods_subset_invariance",
+    "check_methods_sample_order_invariance",
+    "check_readonly_memmap_input",
+    "check_dict_unchanged",
+    "check_fit_check_is_fitted",
+    "check_param_validation",
+    "check_estimator_cloneable",
+    "check_estimator_repr",
+    "check_do_not_raise_errors_in_init_or_set_params",
+    "check_clustering",
+]
+
+
+@pytest.mark.parametrize("check", ESTIMATOR_CHECKS)
+def test_scikit_learn_estimator_check(check):
+    estimator = DBSCANKNN() if check == "check_clustering" else DBSCANKNN(eps=1000.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the checks' own data sometimes warns
         getattr(estimator_checks, check)("DBSCANKNN", estimator)
