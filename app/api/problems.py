@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.api.responses import problem
+from app.api.responses import PROBLEM_MEDIA_TYPE, problem
+from app.api.schemas import Problem
 from app.errors import LloydError
 
 log = logging.getLogger("app.errors")
@@ -78,8 +79,41 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return problem(500, "internal_error", "Internal server error", "an unexpected error occurred")
 
 
+def _document_problems(app: FastAPI) -> None:
+    """Document every error response as what is sent: a Problem as application/problem+json.
+    FastAPI would list routes' error models as application/json, and its default 422 as an
+    ``HTTPValidationError`` that the validation handler above never sends."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault(
+                    "400", {"description": "The body is not valid JSON.", "content": {}}
+                )
+            for status, response in responses.items():
+                if status[0] in "45" and "content" in response:
+                    response["content"] = {
+                        PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                    }
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault(
+            "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(LloydError, lloyd_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
+    _document_problems(app)

@@ -60,6 +60,7 @@ class Algorithm:
     def build(self, params: dict[str, Any]) -> BaseEstimator:
         """An unfitted estimator with ``params``, validated by scikit-learn's own constraints."""
         allowed = set(self.estimator_class().get_params(deep=False)) - self.refused
+        constraints = getattr(self.estimator_class, "_parameter_constraints", {})
         for name, value in params.items():
             if name in self.refused:
                 raise HyperparameterError(
@@ -74,6 +75,12 @@ class Algorithm:
             if isinstance(value, str) and value in REFUSED_OPTIONS:
                 raise HyperparameterError(
                     name, f"'{value}' is not accepted for '{name}' by this service"
+                )
+            # bool subclasses int, so scikit-learn's Interval(Integral, ...) lets `true` through
+            # to the fit (n_clusters=True is one cluster; n_components=True a TypeError).
+            if isinstance(value, bool) and "boolean" not in constraints.get(name, []):
+                raise HyperparameterError(
+                    name, f"'{name}' does not take a boolean; see the algorithm's params_schema"
                 )
         estimator = self.estimator_class(**params)
         try:

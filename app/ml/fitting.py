@@ -77,7 +77,9 @@ def fit_model(
         try:
             Xt = preprocessor.fit_transform(X) if preprocessor is not None else X
             estimator.fit(Xt)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
+            # TypeError: an array-like hyperparameter (init, means_init, ...) posted as a JSON
+            # object or with objects inside; scikit-learn's constraints only look at its outside.
             raise FitError(str(exc)) from exc
         training_seconds = time.perf_counter() - started
     model = FittedModel(
@@ -89,9 +91,18 @@ def fit_model(
         n_features_in=n_features,
         feature_names=feature_names,
     )
-    scores = model.anomaly_scores_in_model_space(Xt)
-    model.anomaly = AnomalyThreshold.fit(scores, contamination)
-    metrics = training_metrics(model, Xt)
+    try:
+        # Finite rows can still overflow (values near 1e308): distances become inf, and
+        # scikit-learn's metrics refuse them. That is the client's data, not a server fault.
+        scores = model.anomaly_scores_in_model_space(Xt)
+        if not np.all(np.isfinite(scores)):
+            raise ValueError(
+                "the anomaly scores of the training rows overflow (values too large for float64)"
+            )
+        model.anomaly = AnomalyThreshold.fit(scores, contamination)
+        metrics = training_metrics(model, Xt)
+    except ValueError as exc:
+        raise FitError(str(exc)) from exc
     fit_warnings = sorted({str(w.message) for w in caught})
     if fit_warnings:
         metrics["warnings"] = fit_warnings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,6 +28,24 @@ ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 # Concurrent trainings of one name race for the next version number; the loser of a unique
 # constraint violation simply tries again.
 ALLOCATION_ATTEMPTS = 20
+# ASCII digits only: str.isdigit() is also true of "²", which int() refuses.
+VERSION_NUMBER = re.compile(r"[0-9]+")
+# Version numbers are 32-bit integers in the database and offsets 64-bit: a larger number names
+# nothing, and must not reach the database, which would refuse it with an error.
+MAX_VERSION = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+
+
+def _lost_allocation_race(exc: IntegrityError) -> bool:
+    """True for a unique violation (another training took the name or the number first); any
+    other integrity error is bad data, and retrying it would only hide the cause."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg
+    if sqlstate is not None:
+        return sqlstate == "23505"  # unique_violation
+    return getattr(exc.orig, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_CONSTRAINT_UNIQUE,
+        sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY,
+    )
 
 
 def _utc(moment: datetime) -> datetime:
@@ -56,6 +75,8 @@ class ModelRegistry:
     # -- lookups -------------------------------------------------------------------------------
     @staticmethod
     def _model_row(session: Session, name: str, *, lock: bool = False) -> ModelRow:
+        if "\x00" in name:  # PostgreSQL refuses NUL in text; no stored name has one
+            raise ModelNotFound(f"no model named {name!r}")
         query = select(ModelRow).where(ModelRow.name == name)
         if lock:
             query = query.with_for_update()
@@ -71,14 +92,18 @@ class ModelRegistry:
         if ref == LATEST:
             query = query.order_by(VersionRow.version.desc()).limit(1)
             what = "no versions"
-        elif ref.isdigit():
+        elif VERSION_NUMBER.fullmatch(ref):
             query = query.where(VersionRow.version == int(ref))
             what = f"no version {ref}"
+            if int(ref) > MAX_VERSION:
+                raise VersionNotFound(f"model {model.name!r} has {what}")
         else:
             query = query.join(AliasRow, AliasRow.version_id == VersionRow.id).where(
                 AliasRow.alias == ref
             )
             what = f"no version and no alias {ref!r}"
+            if not ALIAS_PATTERN.fullmatch(ref):  # no stored alias looks like this
+                raise VersionNotFound(f"model {model.name!r} has {what}")
         row = session.scalars(query).one_or_none()
         if row is None:
             raise VersionNotFound(f"model {model.name!r} has {what}")
@@ -141,7 +166,7 @@ class ModelRegistry:
                 select(VersionRow)
                 .where(VersionRow.model_id == model.id)
                 .order_by(VersionRow.version)
-                .offset(offset)
+                .offset(min(offset, MAX_OFFSET))
                 .limit(limit)
             ).all()
             aliases = self._aliases_by_version(session, model.id)
@@ -180,7 +205,10 @@ class ModelRegistry:
         with self._reading() as session:
             total = session.scalar(select(func.count()).select_from(ModelRow))
             rows = session.scalars(
-                select(ModelRow).order_by(ModelRow.name).offset(offset).limit(limit)
+                select(ModelRow)
+                .order_by(ModelRow.name)
+                .offset(min(offset, MAX_OFFSET))
+                .limit(limit)
             ).all()
             return [self._summary(session, r) for r in rows], int(total or 0)
 
@@ -198,7 +226,9 @@ class ModelRegistry:
                     # The freshly fitted model is the likeliest to be asked for next.
                     self.cache.get(version.cache_key, lambda: model)
                     return version
-                except IntegrityError:
+                except IntegrityError as exc:
+                    if not _lost_allocation_race(exc):
+                        raise
                     log.debug("version allocation for %r lost a race (attempt %d)", name, attempt)
             raise RuntimeError(f"could not allocate a version of {name!r}")
         except BaseException:
@@ -242,7 +272,7 @@ class ModelRegistry:
             return self._record(name, row, [])
 
     def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
-        if not ALIAS_PATTERN.match(alias) or alias == LATEST:
+        if not ALIAS_PATTERN.fullmatch(alias) or alias == LATEST:
             raise InvalidInput(
                 f"alias {alias!r} is not allowed: it must start with a letter, use only letters, "
                 "digits, '_', '.', '-' (at most 64) and not be 'latest'",
@@ -265,9 +295,11 @@ class ModelRegistry:
     def delete_alias(self, name: str, alias: str) -> None:
         with self._writing() as session:
             model = self._model_row(session, name, lock=True)
-            row = session.scalars(
-                select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
-            ).one_or_none()
+            row = None
+            if ALIAS_PATTERN.fullmatch(alias):  # else no stored alias looks like it
+                row = session.scalars(
+                    select(AliasRow).where(AliasRow.model_id == model.id, AliasRow.alias == alias)
+                ).one_or_none()
             if row is None:
                 raise AliasNotFound(f"model {name!r} has no alias {alias!r}")
             session.delete(row)
@@ -280,6 +312,9 @@ class ModelRegistry:
             record = self._record(name, row, [])
             for alias in session.scalars(select(AliasRow).where(AliasRow.version_id == row.id)):
                 session.delete(alias)
+            # The ORM knows no relationships, so it would not order these deletes: children first,
+            # else the database's ON DELETE CASCADE removes them and SQLAlchemy warns.
+            session.flush()
             session.delete(row)
         # The row is gone before the file: a crash in between leaves an orphan file, never a
         # row whose artifact is missing.
@@ -294,8 +329,10 @@ class ModelRegistry:
             records = [self._record(name, r, []) for r in rows]
             for alias in session.scalars(select(AliasRow).where(AliasRow.model_id == model.id)):
                 session.delete(alias)
+            session.flush()
             for row in rows:
                 session.delete(row)
+            session.flush()
             session.delete(model)
         for record in records:
             self._forget(record)

@@ -49,6 +49,13 @@ def resolve_algorithm(name: str) -> Algorithm:
     return algorithm
 
 
+def refuse_nul(text: str, at: list[str | int]) -> None:
+    """Text the registry stores may not hold NUL: PostgreSQL refuses it (SQLite would not), so
+    it is refused on every database alike."""
+    if "\x00" in text:
+        raise InvalidInput("text must not contain the NUL character (\\u0000)", at=at)
+
+
 def training_matrix(spec: TrainRequest, settings: Settings) -> tuple[np.ndarray, list[str] | None]:
     """The training rows and their feature names, checked against each other and the limits."""
     if spec.data.records is not None:
@@ -68,6 +75,9 @@ def training_matrix(spec: TrainRequest, settings: Settings) -> tuple[np.ndarray,
             "feature_names must be unique",
             at=["body", "feature_names"],
         )
+    for index, name in enumerate(names or []):
+        given = spec.feature_names is not None
+        refuse_nul(name, ["body", "feature_names", index] if given else ["body", "data", "records"])
     if X.size > settings.max_training_cells:
         raise PayloadTooLarge(
             f"{X.shape[0]} rows x {X.shape[1]} features is more than the "
@@ -87,6 +97,9 @@ def train(
     it from a worker thread."""
     algorithm = resolve_algorithm(spec.algorithm)
     X, feature_names = training_matrix(spec, settings)
+    refuse_nul(spec.description or "", ["body", "description"])
+    for key, value in spec.tags.items():
+        refuse_nul(key + value, ["body", "tags", key])
     preprocessing = [step.model_dump() for step in spec.preprocessing]
     try:
         result = fit_model(

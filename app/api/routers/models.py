@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from app.api.deps import ModelVersionDep, NamePath, RegistryDep
 from app.api.documents import model_out, version_out
@@ -22,6 +22,13 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 NOT_FOUND = {404: {"model": Problem, "description": "No such model, version or alias."}}
 Offset = Annotated[int, Query(ge=0, description="Items to skip.")]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+AliasPath = Annotated[
+    str,
+    Path(
+        description="An alias: starts with a letter; letters, digits, '_', '.', '-'; not `latest`.",
+        examples=["production"],
+    ),
+]
 
 
 @router.get("", response_model=ModelPage)
@@ -90,12 +97,14 @@ def get_parameters(version: ModelVersionDep, registry: RegistryDep) -> Parameter
     response_model=VersionOut,
     responses={**NOT_FOUND, 422: {"model": Problem, "description": "Invalid alias."}},
 )
-def set_alias(name: NamePath, alias: str, body: AliasRequest, registry: RegistryDep) -> VersionOut:
+def set_alias(
+    name: NamePath, alias: AliasPath, body: AliasRequest, registry: RegistryDep
+) -> VersionOut:
     """Point `alias` (e.g. `production`) at a version; moves it if it already exists."""
     return version_out(registry.set_alias(name, alias, body.version))
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=204, responses=NOT_FOUND)
-def delete_alias(name: NamePath, alias: str, registry: RegistryDep) -> None:
+def delete_alias(name: NamePath, alias: AliasPath, registry: RegistryDep) -> None:
     """Remove an alias; the version it pointed at stays."""
     registry.delete_alias(name, alias)
