@@ -63,10 +63,11 @@ async def validation_error(_: Request, exc: RequestValidationError) -> Response:
 
 # Stable codes for the statuses Starlette itself raises.
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_TITLES = {413: "Payload too large"}
 
 
 async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-    phrase = HTTPStatus(exc.status_code).phrase
+    phrase = HTTP_TITLES.get(exc.status_code) or HTTPStatus(exc.status_code).phrase
     code = HTTP_CODES.get(exc.status_code) or phrase.lower().replace(" ", "_").replace("-", "_")
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else phrase
     if exc.status_code == 404 and detail == phrase:

@@ -37,13 +37,18 @@ class ModelCache:
         with self._lock:
             self.misses += 1
         value = load()  # outside the lock: loads of different models run in parallel
-        if self.capacity > 0:
-            with self._lock:
-                self._items[key] = value
-                self._items.move_to_end(key)
-                while len(self._items) > self.capacity:
-                    self._items.popitem(last=False)
+        self.put(key, value)
         return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Hold ``value`` without counting a hit or a miss (a model just trained, say)."""
+        if self.capacity == 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
 
     def evict(self, predicate: Callable[[Hashable], bool]) -> None:
         with self._lock:

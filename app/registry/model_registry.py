@@ -224,7 +224,7 @@ class ModelRegistry:
                 try:
                     version = self._insert_version(name, new, artifact)
                     # The freshly fitted model is the likeliest to be asked for next.
-                    self.cache.get(version.cache_key, lambda: model)
+                    self.cache.put(version.cache_key, model)
                     return version
                 except IntegrityError as exc:
                     if not _lost_allocation_race(exc):
@@ -241,15 +241,13 @@ class ModelRegistry:
                 select(ModelRow).where(ModelRow.name == name).with_for_update()
             ).one_or_none()
             if model is None:
-                model = ModelRow(name=name)
+                model = ModelRow(name=name, last_version=0)
                 session.add(model)
                 session.flush()
-            current = session.scalar(
-                select(func.max(VersionRow.version)).where(VersionRow.model_id == model.id)
-            )
+            model.last_version += 1
             row = VersionRow(
                 model_id=model.id,
-                version=(current or 0) + 1,
+                version=model.last_version,
                 algorithm=new.algorithm,
                 params=new.params,
                 preprocessing=new.preprocessing,

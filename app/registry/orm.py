@@ -44,6 +44,9 @@ class ModelRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    # The highest version number ever given, deleted ones included: a number is never reused,
+    # so a client pinned to version 3 can never silently get another model.
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -57,9 +57,21 @@ def compute(
 ) -> dict[str, Any]:
     """The operation's response fields (numpy arrays left as they are for the JSON writer)."""
     try:
-        return _compute(model, operation, X, body)
+        # Overflow is checked below, on the answer; numpy need not warn about it in the logs.
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = _compute(model, operation, X, body)
     except InferenceInputError as exc:
         raise InvalidInput(f"{exc} ({version.label})") from exc
+    for field, value in result.items():
+        # Finite inputs near the float64 limit can overflow inside the model (a squared
+        # distance, a density): refuse them rather than answer null where a number is promised.
+        if isinstance(value, float | np.ndarray) and not np.all(np.isfinite(value)):
+            raise InvalidInput(
+                f"the rows overflow float64 in {operation} ({field} is not finite): "
+                f"rescale the features ({version.label})",
+                at=["body", "instances" if X is not None else "n_samples"],
+            )
+    return result
 
 
 def _compute(model: FittedModel, operation: str, X: np.ndarray | None, body: Any) -> dict[str, Any]:

@@ -142,11 +142,6 @@ def test_deleting_a_model_removes_every_artifact_of_it(client, settings):
     assert call(client, "other", "predict", ROWS).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: the next version is max(version)+1, so deleting the latest version lets "
-    "the next training reuse its number (versions are meant to be immutable)",
-)
 def test_a_deleted_version_number_is_never_given_again(client):
     train_versions(client, "m", 2)
     client.delete("/v1/models/m/versions/2")
