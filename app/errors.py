@@ -50,6 +50,10 @@ class UnsupportedOperation(LloydError):
     status, code, title = 422, "unsupported_operation", "Operation not supported"
 
 
+class ExplanationUnavailable(LloydError):
+    status, code, title = 422, "explanation_unavailable", "Explanation unavailable"
+
+
 class PayloadTooLarge(LloydError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 

@@ -65,6 +65,7 @@ class AnomaliesRequest(InferenceRequest):
             "examples": [
                 {"instances": EXAMPLE_INSTANCES},
                 {"instances": EXAMPLE_INSTANCES, "contamination": 0.05},
+                {"instances": EXAMPLE_INSTANCES, "explain": True, "top_features": 2},
             ]
         },
     )
@@ -76,11 +77,26 @@ class AnomaliesRequest(InferenceRequest):
     threshold: Number | None = Field(
         None, description="Flag rows scoring above this. Exclusive with `contamination`."
     )
+    explain: bool = Field(
+        False,
+        description="Add `contributions`: per row, the features that contributed most to its "
+        "anomaly score (exact decompositions for k-means, mixtures, DBSCAN and "
+        "pca_reconstruction; median substitution for the other detectors).",
+    )
+    top_features: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="How many features `contributions` lists per row (default 5; with "
+        "`explain` only).",
+    )
 
     @model_validator(mode="after")
     def _one_override(self) -> AnomaliesRequest:
         if self.contamination is not None and self.threshold is not None:
             raise ValueError("send at most one of 'contamination' or 'threshold'")
+        if self.top_features is not None and not self.explain:
+            raise ValueError("'top_features' needs 'explain': true")
         return self
 
 
@@ -126,6 +142,12 @@ class AnomalySettings(Strict_):
     contamination: Contamination = Field(
         DEFAULT_CONTAMINATION,
         description="Share of training rows the stored threshold flags, in [0, 0.5].",
+    )
+    refit_without_outliers: bool = Field(
+        False,
+        description="Clean-data fit: fit, drop the training rows above the threshold, fit "
+        "again on the rest. The version's metrics report how many rows were dropped; the "
+        "threshold is then drawn from the refitted model's scores on every posted row.",
     )
 
 
@@ -289,6 +311,22 @@ class ScoreOut(Answer):
     n_samples: int
 
 
+class Contribution(BaseModel):
+    feature: str | int = Field(description="Feature name, or column index without names.")
+    value: float = Field(description="The row's value of this feature.")
+    contribution: float = Field(
+        description="Exact: the feature's term of the decomposed quantity. Median "
+        "substitution: how much the anomaly score drops with this feature at its training "
+        "median."
+    )
+    share: float = Field(description="The contribution over the row's total (see the docs).")
+
+
+class ExplanationOut(BaseModel):
+    method: Literal["exact", "median_substitution"]
+    decomposes: str = Field(description="What the contributions add up to, or measure.")
+
+
 class AnomaliesOut(Answer):
     anomaly_scores: list[float] = Field(description="Higher is more anomalous.")
     is_anomaly: list[bool]
@@ -299,6 +337,10 @@ class AnomaliesOut(Answer):
     threshold_source: Literal["stored", "contamination", "threshold"]
     contamination: float | None
     score_direction: str
+    explanation: ExplanationOut | None = Field(None, description="With `explain` only.")
+    contributions: list[list[Contribution]] | None = Field(
+        None, description="With `explain` only: per row, the top features, largest first."
+    )
 
 
 class SampleOut(Answer):

@@ -8,11 +8,16 @@ from typing import Any, Literal
 
 from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.covariance import EllipticEnvelope
+from sklearn.ensemble import IsolationForest
 from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
+from sklearn.neighbors import LocalOutlierFactor
+from sklearn.svm import OneClassSVM
 
 from app.ml.dbscan_knn import DBSCANKNN
 from app.ml.exceptions import HyperparameterError
 from app.ml.params_schema import REFUSED_OPTIONS, params_schema
+from app.ml.pca_reconstruction import PCAReconstruction
 
 Family = Literal["clustering", "mixture", "anomaly"]
 
@@ -47,25 +52,30 @@ class Algorithm:
     operations: tuple[str, ...]
     summary: str
     refused: frozenset[str] = field(default=SERVER_REFUSED)
+    # Hyperparameters the service sets itself, whatever the client sends (LOF's novelty mode).
+    fixed: dict[str, Any] = field(default_factory=dict)
+    # Why a refused hyperparameter is refused, where there is more to say than "server-set".
+    refusal_hints: dict[str, str] = field(default_factory=dict)
     # The hyperparameter that sets the number of clusters, checked against the number of rows.
     n_clusters_param: str | None = None
 
     @cached_property
     def params_schema(self) -> dict[str, Any]:
-        return params_schema(self.estimator_class, refused=self.refused)
+        return params_schema(self.estimator_class, refused=self.refused | set(self.fixed))
 
     def supports(self, operation: str) -> bool:
         return operation in self.operations
 
     def build(self, params: dict[str, Any]) -> BaseEstimator:
         """An unfitted estimator with ``params``, validated by scikit-learn's own constraints."""
-        allowed = set(self.estimator_class().get_params(deep=False)) - self.refused
+        allowed = (
+            set(self.estimator_class().get_params(deep=False)) - self.refused - set(self.fixed)
+        )
         constraints = getattr(self.estimator_class, "_parameter_constraints", {})
         for name, value in params.items():
-            if name in self.refused:
-                raise HyperparameterError(
-                    name, f"'{name}' is not accepted by this service: it is set by the server"
-                )
+            if name in self.refused or name in self.fixed:
+                hint = self.refusal_hints.get(name, "it is set by the server")
+                raise HyperparameterError(name, f"'{name}' is not accepted by this service: {hint}")
             if name not in allowed:
                 raise HyperparameterError(
                     name,
@@ -82,7 +92,7 @@ class Algorithm:
                 raise HyperparameterError(
                     name, f"'{name}' does not take a boolean; see the algorithm's params_schema"
                 )
-        estimator = self.estimator_class(**params)
+        estimator = self.estimator_class(**params, **self.fixed)
         try:
             estimator._validate_params()
         except ValueError as exc:  # InvalidParameterError subclasses ValueError
@@ -92,6 +102,13 @@ class Algorithm:
 
 
 _CLUSTERING = ("predict", "transform", "score", "anomalies")
+_DETECTOR = ("score_samples", "anomalies")
+# The detectors' own contamination only moves scikit-learn's offset_, which Lloyd does not use:
+# the threshold is the service's, set by anomaly.contamination.
+_DETECTOR_REFUSED = SERVER_REFUSED | {"contamination"}
+_CONTAMINATION_HINT = {
+    "contamination": "set the threshold with the request's anomaly.contamination instead",
+}
 
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
@@ -161,6 +178,63 @@ ALGORITHMS: dict[str, Algorithm] = {
                 "components the data does not need."
             ),
             n_clusters_param="n_components",
+        ),
+        Algorithm(
+            name="isolation_forest",
+            family="anomaly",
+            estimator_class=IsolationForest,
+            wraps="sklearn.ensemble.IsolationForest",
+            operations=_DETECTOR,
+            summary="Random trees isolate rows; rows isolated in few splits are unusual.",
+            refused=_DETECTOR_REFUSED,
+            refusal_hints=_CONTAMINATION_HINT,
+        ),
+        Algorithm(
+            name="local_outlier_factor",
+            family="anomaly",
+            estimator_class=LocalOutlierFactor,
+            wraps="sklearn.neighbors.LocalOutlierFactor (novelty=True)",
+            operations=_DETECTOR,
+            summary="Local density against the neighbours' density; always in novelty mode, "
+            "since the service scores new rows.",
+            refused=_DETECTOR_REFUSED,
+            fixed={"novelty": True},
+            refusal_hints={
+                **_CONTAMINATION_HINT,
+                "novelty": "the service always fits LocalOutlierFactor in novelty mode",
+            },
+        ),
+        Algorithm(
+            name="elliptic_envelope",
+            family="anomaly",
+            estimator_class=EllipticEnvelope,
+            wraps="sklearn.covariance.EllipticEnvelope",
+            operations=_DETECTOR,
+            summary="A robust Gaussian fit (minimum covariance determinant); the score is the "
+            "Mahalanobis distance.",
+            refused=_DETECTOR_REFUSED,
+            refusal_hints=_CONTAMINATION_HINT,
+        ),
+        Algorithm(
+            name="one_class_svm",
+            family="anomaly",
+            estimator_class=OneClassSVM,
+            wraps="sklearn.svm.OneClassSVM",
+            operations=_DETECTOR,
+            summary="A kernel boundary around the normal rows.",
+            # cache_size is megabytes of kernel cache per fit: the server's memory, not a model's.
+            refused=_DETECTOR_REFUSED | {"cache_size"},
+            refusal_hints=_CONTAMINATION_HINT,
+        ),
+        Algorithm(
+            name="pca_reconstruction",
+            family="anomaly",
+            estimator_class=PCAReconstruction,
+            wraps="sklearn.decomposition.PCA (reconstruction error)",
+            operations=_DETECTOR,
+            summary="A PCA of the normal rows; the anomaly score is the squared error of "
+            "rebuilding a row from the kept components.",
+            refused=_DETECTOR_REFUSED,
         ),
     )
 }

@@ -52,25 +52,22 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def fit_model(
-    *,
-    algorithm: Algorithm,
-    params: dict[str, Any],
-    preprocessing: list[dict[str, Any]],
-    X: np.ndarray,
-    feature_names: list[str] | None,
-    contamination: float,
-) -> FitResult:
-    """Fit ``algorithm`` on ``X`` exactly as scikit-learn would, then measure it."""
+@dataclass(frozen=True)
+class _Fit:
+    estimator: Any
+    preprocessor: Any
+    Xt: np.ndarray  # the rows fitted on, in model space
+    seconds: float
+    warnings: list[str]
+
+
+def _fit_once(algorithm: Algorithm, params: dict[str, Any], preprocessing, X: np.ndarray) -> _Fit:
     estimator = algorithm.build(params)
     preprocessor = build_preprocessor(preprocessing)
-    n_samples, n_features = X.shape
     if algorithm.n_clusters_param:
         k = estimator.get_params()[algorithm.n_clusters_param]
-        if k > n_samples:
-            raise FitError(
-                f"{algorithm.n_clusters_param}={k} is more than the {n_samples} rows posted"
-            )
+        if k > len(X):
+            raise FitError(f"{algorithm.n_clusters_param}={k} is more than the {len(X)} rows")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         started = time.perf_counter()
@@ -81,35 +78,82 @@ def fit_model(
             # TypeError: an array-like hyperparameter (init, means_init, ...) posted as a JSON
             # object or with objects inside; scikit-learn's constraints only look at its outside.
             raise FitError(str(exc)) from exc
-        training_seconds = time.perf_counter() - started
-    model = FittedModel(
-        algorithm=algorithm.name,
-        family=algorithm.family,
-        estimator=estimator,
-        preprocessor=preprocessor,
-        anomaly=AnomalyThreshold.fit(np.zeros(1), contamination),  # replaced below
-        n_features_in=n_features,
-        feature_names=feature_names,
-    )
-    try:
-        # Finite rows can still overflow (values near 1e308): distances become inf, and
-        # scikit-learn's metrics refuse them. That is the client's data, not a server fault.
+        seconds = time.perf_counter() - started
+    return _Fit(estimator, preprocessor, Xt, seconds, sorted({str(w.message) for w in caught}))
+
+
+def _training_scores(model: FittedModel, Xt: np.ndarray) -> np.ndarray:
+    # Finite rows can still overflow (values near 1e308): distances become inf, and
+    # scikit-learn's metrics refuse them. That is the client's data, not a server fault.
+    with np.errstate(over="ignore", invalid="ignore"):
         scores = model.anomaly_scores_in_model_space(Xt)
-        if not np.all(np.isfinite(scores)):
-            raise ValueError(
-                "the anomaly scores of the training rows overflow (values too large for float64)"
-            )
-        model.anomaly = AnomalyThreshold.fit(scores, contamination)
-        metrics = training_metrics(model, Xt)
+    if not np.all(np.isfinite(scores)):
+        raise FitError(
+            "the anomaly scores of the training rows overflow (values too large for float64)"
+        )
+    return scores
+
+
+def fit_model(
+    *,
+    algorithm: Algorithm,
+    params: dict[str, Any],
+    preprocessing: list[dict[str, Any]],
+    X: np.ndarray,
+    feature_names: list[str] | None,
+    contamination: float,
+    refit_without_outliers: bool = False,
+) -> FitResult:
+    """Fit ``algorithm`` on ``X`` exactly as scikit-learn would, then measure it.
+
+    With ``refit_without_outliers``, the rows above the threshold of the first fit are dropped
+    and the model is fitted again on the rest (a clean-data fit). The stored threshold is then
+    the ``1 - contamination`` quantile of the refitted model's scores on every posted row, so
+    it still flags the share of the training set the client believes contaminated."""
+    fit = _fit_once(algorithm, params, preprocessing, X)
+    fitted_rows = X
+
+    def model_of(fit: _Fit, rows: np.ndarray) -> FittedModel:
+        return FittedModel(
+            algorithm=algorithm.name,
+            family=algorithm.family,
+            estimator=fit.estimator,
+            preprocessor=fit.preprocessor,
+            anomaly=None,  # type: ignore[arg-type] - set once the scores are known
+            n_features_in=X.shape[1],
+            feature_names=feature_names,
+            training_medians=np.median(rows, axis=0),
+        )
+
+    model = model_of(fit, X)
+    scores = _training_scores(model, fit.Xt)
+    threshold = AnomalyThreshold.fit(scores, contamination)
+    seconds, fit_warnings = fit.seconds, fit.warnings
+    refit: dict[str, Any] | None = None
+    if refit_without_outliers:
+        keep = scores <= threshold.threshold
+        refit = {"dropped_rows": int(np.sum(~keep)), "refit_rows": int(np.sum(keep))}
+        if not keep.all():
+            fitted_rows = X[keep]
+            fit = _fit_once(algorithm, params, preprocessing, fitted_rows)
+            seconds += fit.seconds
+            fit_warnings = sorted(set(fit_warnings) | set(fit.warnings))
+            model = model_of(fit, fitted_rows)
+            scores = _training_scores(model, model.model_space(X))
+            threshold = AnomalyThreshold.fit(scores, contamination)
+    model.anomaly = threshold
+    try:
+        metrics = training_metrics(model, fit.Xt, scores)
     except ValueError as exc:
         raise FitError(str(exc)) from exc
-    fit_warnings = sorted({str(w.message) for w in caught})
+    if refit is not None:
+        metrics["refit_without_outliers"] = refit
     if fit_warnings:
         metrics["warnings"] = fit_warnings
     resolved = {
-        k: v for k, v in estimator.get_params(deep=False).items() if k not in algorithm.refused
+        k: v for k, v in fit.estimator.get_params(deep=False).items() if k not in algorithm.refused
     }
-    return FitResult(model, plain(resolved), plain(metrics), training_seconds)
+    return FitResult(model, plain(resolved), plain(metrics), seconds)
 
 
 def _cluster_sizes(labels: np.ndarray, n_clusters: int) -> list[int]:
@@ -137,10 +181,19 @@ def _separation_metrics(Xt: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def training_metrics(model: FittedModel, Xt: np.ndarray) -> dict[str, Any]:
-    """Metrics by family, on the training rows in model space."""
+def training_metrics(model: FittedModel, Xt: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """Metrics by family, on the rows fitted on (in model space); ``scores`` are the anomaly
+    scores of the training rows."""
     est = model.estimator
     n = len(Xt)
+    if model.family == "anomaly":
+        return {
+            "anomaly_score_mean": float(np.mean(scores)),
+            "anomaly_score_std": float(np.std(scores)),
+            "anomaly_score_min": float(np.min(scores)),
+            "anomaly_score_max": float(np.max(scores)),
+            **{k: v for k, v in model.parameters().items() if k.startswith("n_")},
+        }
     if isinstance(est, DBSCANKNN):
         labels = est.labels_
         n_clusters = len(set(labels.tolist()) - {-1})

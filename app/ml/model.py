@@ -27,6 +27,9 @@ class FittedModel:
     anomaly: AnomalyThreshold
     n_features_in: int
     feature_names: list[str] | None
+    # Per original feature, the training median: the reference of median-substitution
+    # explanations. None in artifacts written before explanations existed.
+    training_medians: np.ndarray | None = None
 
     # -- input ---------------------------------------------------------------------------------
     def model_space(self, X: np.ndarray) -> np.ndarray:
@@ -49,7 +52,15 @@ class FittedModel:
             return d * len(est.cluster_centers_)
         if hasattr(est, "means_"):
             return d * d * len(est.means_)
-        return d * 100
+        if hasattr(est, "support_vectors_"):
+            return d * len(est.support_vectors_)
+        if hasattr(est, "estimators_"):  # isolation forest: a root-to-leaf walk per tree
+            return 16 * len(est.estimators_)
+        if hasattr(est, "n_samples_fit_"):  # local outlier factor: neighbours among the fit rows
+            return d * est.n_samples_fit_
+        if hasattr(est, "pca_"):
+            return 2 * d * est.n_components_
+        return d * d
 
     # -- operations ----------------------------------------------------------------------------
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -72,11 +83,13 @@ class FittedModel:
 
     def anomaly_scores_in_model_space(self, Xt: np.ndarray) -> np.ndarray:
         """Higher is more anomalous: distance to the nearest centroid (k-means), to the nearest
-        core sample (DBSCAN), or the negative log-density (mixtures)."""
+        core sample (DBSCAN), the negative log-density (mixtures), minus scikit-learn's
+        ``score_samples`` (detectors: for PCA reconstruction, the squared error)."""
         est = self.estimator
         if isinstance(est, DBSCANKNN):
             return est.core_distance(Xt)
-        if self.family == "mixture":
+        if self.family in ("mixture", "anomaly"):
+            # scikit-learn's score_samples is "higher is more normal" for both.
             return -est.score_samples(Xt)
         return est.transform(Xt).min(axis=1)
 
@@ -128,6 +141,8 @@ class FittedModel:
             }
             if self.preprocessor is not None:
                 out["means_input_space"] = self.preprocessor.inverse_transform(est.means_).tolist()
+        if self.family == "anomaly":
+            out |= _detector_parameters(est)
         out["anomaly"] = {
             "contamination": self.anomaly.contamination,
             "threshold": self.anomaly.threshold,
@@ -149,3 +164,23 @@ class FittedModel:
                 entry["n_components"] = int(step.n_components_)
             steps.append(entry)
         return steps
+
+
+def _detector_parameters(est: BaseEstimator) -> dict[str, Any]:
+    """What each detector learnt, in a size that stays small whatever the training set."""
+    if hasattr(est, "support_vectors_"):
+        return {"n_support_vectors": len(est.support_vectors_), "offset": float(est.offset_[0])}
+    if hasattr(est, "estimators_"):
+        return {"n_estimators": len(est.estimators_), "max_samples": int(est.max_samples_)}
+    if hasattr(est, "n_samples_fit_"):
+        return {"n_neighbors": int(est.n_neighbors_), "n_samples_fit": int(est.n_samples_fit_)}
+    if hasattr(est, "location_"):
+        return {"location": est.location_.tolist(), "covariance": est.covariance_.tolist()}
+    if hasattr(est, "pca_"):
+        return {
+            "n_components": est.n_components_,
+            "components": est.pca_.components_.tolist(),
+            "mean": est.pca_.mean_.tolist(),
+            "explained_variance_ratio": est.pca_.explained_variance_ratio_.tolist(),
+        }
+    return {}

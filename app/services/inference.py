@@ -8,9 +8,10 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.api.schemas import AnomaliesRequest, InferenceRequest, Rows, SampleRequest
-from app.errors import InvalidInput, PayloadTooLarge, UnsupportedOperation
+from app.errors import ExplanationUnavailable, InvalidInput, PayloadTooLarge, UnsupportedOperation
 from app.ml.anomaly import SCORE_DIRECTION
 from app.ml.exceptions import InferenceInputError
+from app.ml.explain import DEFAULT_TOP_FEATURES, explain, top_contributions
 from app.ml.model import FittedModel
 from app.registry.model_registry import ModelRegistry
 from app.registry.records import ModelVersion
@@ -110,7 +111,7 @@ def _anomalies(model: FittedModel, X: np.ndarray, body: AnomaliesRequest) -> dic
         if source == "contamination"
         else (model.anomaly.contamination if source == "stored" else None)
     )
-    return {
+    answer = {
         "anomaly_scores": scores,
         "is_anomaly": scores > threshold,
         "percentiles": model.anomaly.percentiles(scores),
@@ -119,6 +120,24 @@ def _anomalies(model: FittedModel, X: np.ndarray, body: AnomaliesRequest) -> dic
         "contamination": contamination,
         "score_direction": SCORE_DIRECTION,
     }
+    if body.explain:
+        try:
+            explanation = explain(model, X)
+        except ValueError as exc:
+            raise ExplanationUnavailable(
+                f"this version cannot explain its scores ({exc}); retrain it to get explanations"
+            ) from exc
+        answer["explanation"] = {
+            "method": explanation.method,
+            "decomposes": explanation.decomposes,
+        }
+        answer["contributions"] = top_contributions(
+            explanation,
+            X,
+            feature_names=model.feature_names,
+            top=body.top_features or DEFAULT_TOP_FEATURES,
+        )
+    return answer
 
 
 async def perform(
@@ -151,7 +170,9 @@ async def perform(
         X = rows_of(version, body, settings)
         rows = len(X)
     model = registry.cached(version)
-    if model is not None and rows * model.cost_per_row <= settings.inline_work_limit:
+    # An explanation scores the rows once more per feature.
+    passes = version.n_features + 1 if getattr(body, "explain", False) else 1
+    if model is not None and rows * passes * model.cost_per_row <= settings.inline_work_limit:
         return answer | compute(model, version, operation, X, body)
 
     def in_thread() -> dict[str, Any]:

@@ -109,6 +109,7 @@ def train(
             X=X,
             feature_names=feature_names,
             contamination=spec.anomaly.contamination,
+            refit_without_outliers=spec.anomaly.refit_without_outliers,
         )
     except HyperparameterError as exc:
         metrics.trainings.labels(algorithm.name, "failed").inc()

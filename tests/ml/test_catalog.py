@@ -36,6 +36,16 @@ DOCUMENTED_OPERATIONS = {
         "sample",
         "anomalies",
     },
+    **{
+        detector: {"score_samples", "anomalies"}
+        for detector in (
+            "isolation_forest",
+            "local_outlier_factor",
+            "elliptic_envelope",
+            "one_class_svm",
+            "pca_reconstruction",
+        )
+    },
 }
 
 
@@ -86,7 +96,7 @@ def test_params_schema_defaults_are_the_estimators(name):
     algorithm = ALGORITHMS[name]
     defaults = algorithm.estimator_class().get_params(deep=False)
     properties = algorithm.params_schema["properties"]
-    assert set(properties) == set(defaults) - algorithm.refused
+    assert set(properties) == set(defaults) - algorithm.refused - set(algorithm.fixed)
     for param, prop in properties.items():
         expected = defaults[param]
         assert prop["default"] == expected, param
@@ -179,4 +189,5 @@ def test_build_accepts_every_schema_default(name):
     algorithm = ALGORITHMS[name]
     defaults = {p: prop["default"] for p, prop in algorithm.params_schema["properties"].items()}
     estimator = algorithm.build(defaults)
-    assert estimator.get_params(deep=False) == algorithm.estimator_class().get_params(deep=False)
+    expected = algorithm.estimator_class(**algorithm.fixed).get_params(deep=False)
+    assert estimator.get_params(deep=False) == expected
