@@ -179,7 +179,23 @@ class TrainRequest(Strict_):
                     "feature_names": ["temperature", "pressure"],
                     "description": "normal parts, week 47",
                     "tags": {"line": "7"},
-                }
+                },
+                {
+                    "name": "line-7-detector",
+                    "algorithm": "isolation_forest",
+                    "params": {"n_estimators": 200, "random_state": 0},
+                    "anomaly": {"contamination": 0.02, "refit_without_outliers": True},
+                    "data": {
+                        "records": [
+                            {"temperature": 70.2, "pressure": 2.1},
+                            {"temperature": 69.8, "pressure": 2.0},
+                            {"temperature": 70.9, "pressure": 1.9},
+                            {"temperature": 70.1, "pressure": 2.2},
+                            {"temperature": 69.5, "pressure": 2.05},
+                            {"temperature": 71.0, "pressure": 1.95},
+                        ]
+                    },
+                },
             ]
         },
     )
