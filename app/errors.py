@@ -83,3 +83,44 @@ class ArtifactIntegrityError(LloydError):
     unpickled. The version stays listed so that an operator can see and delete it."""
 
     status, code, title = 409, "artifact_integrity", "Model artifact failed its integrity check"
+
+
+class JobFinished(LloydError):
+    status, code, title = 409, "job_finished", "Job already finished"
+
+
+class JobCancelled(LloydError):
+    status, code, title = 409, "job_cancelled", "Job cancelled"
+
+
+class JobFailed(LloydError):
+    """A job's failure that is not the client's doing (time limit, a worker that died)."""
+
+    status, code, title = 500, "job_failed", "Job failed"
+
+
+def _subclasses(cls: type[LloydError]) -> list[type[LloydError]]:
+    return [cls] + [s for c in cls.__subclasses__() for s in _subclasses(c)]
+
+
+def error_document(exc: LloydError) -> dict[str, Any]:
+    """An error as stored with a job, or sent back from a worker process."""
+    return {
+        "code": exc.code,
+        "status": exc.status,
+        "title": exc.title,
+        "detail": exc.detail,
+        "errors": exc.errors,
+        "extra": exc.extra,
+    }
+
+
+def error_from_document(document: dict[str, Any]) -> LloydError:
+    """The error a stored document describes, as the class of its code."""
+    by_code = {cls.code: cls for cls in _subclasses(LloydError)}
+    cls = by_code.get(document.get("code", ""), JobFailed)
+    return cls(
+        document.get("detail", "the job failed"),
+        errors=document.get("errors"),
+        extra=document.get("extra"),
+    )

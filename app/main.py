@@ -12,11 +12,13 @@ from starlette.concurrency import run_in_threadpool
 import app as lloyd
 from app.api import problems
 from app.api.body_limit import BodySizeLimit
-from app.api.routers import algorithms, health, models, prediction, scoring, training
+from app.api.routers import algorithms, health, jobs, models, prediction, scoring, training
+from app.jobs.runner import JobRunner
 from app.observability import MetricsMiddleware, ServiceMetrics
 from app.registry.artifacts import ArtifactStore
 from app.registry.cache import ModelCache
 from app.registry.database import create_database_engine, upgrade_database
+from app.registry.job_store import JobStore
 from app.registry.model_registry import ModelRegistry
 from app.settings import Settings, get_settings
 
@@ -47,6 +49,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(upgrade_database, engine)
         store = ArtifactStore(settings.models_store)
         app.state.registry = ModelRegistry(engine, store, cache)
+        app.state.jobs = JobStore(engine)
+        interrupted = await run_in_threadpool(
+            app.state.jobs.fail_unfinished, "interrupted by restart"
+        )
+        if interrupted:
+            log.warning("marked %d interrupted job(s) failed", interrupted)
+        app.state.runner = JobRunner(
+            jobs=app.state.jobs,
+            max_workers=settings.max_concurrent_jobs,
+            timeout_seconds=settings.job_timeout_seconds,
+        )
         log.info(
             "Lloyd %s ready: database %s, models store %s",
             lloyd.__version__,
@@ -56,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await run_in_threadpool(app.state.runner.shutdown)
             engine.dispose()
 
     app = FastAPI(
@@ -72,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prediction.router,
         scoring.router,
         models.router,
+        jobs.router,
         algorithms.router,
         health.router,
     ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +47,25 @@ class Settings(BaseSettings):
     )
     max_sample_rows: int = Field(
         100_000, ge=1, description="Largest `n_samples` accepted by the `sample` operation."
+    )
+    max_concurrent_jobs: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="Worker processes fitting at once, across every job (default: the number "
+        "of cores). Workers run at a lower priority than the API, so serving comes first.",
+    )
+    job_timeout_seconds: float = Field(
+        3600.0, gt=0, description="A job running longer is killed and marked failed."
+    )
+    sync_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A training or selection asked to wait answers with its job (202) when it "
+        "runs longer than this.",
+    )
+    max_grid_candidates: int = Field(
+        200, ge=1, description="Most candidates one model selection may fit (422 above)."
     )
     inline_work_limit: int = Field(
         20_000,

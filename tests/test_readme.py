@@ -13,6 +13,8 @@ def test_every_setting_is_documented():
             (line for line in README.splitlines() if f"`LLOYD_{name.upper()}`" in line), None
         )
         assert row is not None, f"LLOYD_{name.upper()} missing from the README"
+        if field.default_factory is not None:
+            continue  # a default computed on the machine; the row says how
         default = field.default
         shown = str(default).lower() if isinstance(default, bool) else str(default)
         assert shown.removeprefix("./") in row.replace("`./", "`"), (name, row)

@@ -5,7 +5,9 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from app.jobs.runner import JobRunner
 from app.observability import ServiceMetrics
+from app.registry.job_store import JobStore
 from app.registry.model_registry import LATEST, ModelRegistry
 from app.registry.records import ModelVersion
 from app.settings import Settings
@@ -23,9 +25,19 @@ def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
+def get_jobs(request: Request) -> JobStore:
+    return request.app.state.jobs
+
+
+def get_runner(request: Request) -> JobRunner:
+    return request.app.state.runner
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 
 NamePath = Annotated[str, Path(description="The model's name.", examples=["line-7"])]
 VersionPath = Annotated[

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from app.api.schemas import ArtifactOut, ModelOut, VersionOut
+from app.api.schemas import ArtifactOut, JobOut, ModelOut, ProgressOut, VersionOut
+from app.registry.job_store import JobRecord
 from app.registry.records import ModelSummary, ModelVersion
 
 
@@ -37,4 +38,21 @@ def model_out(model: ModelSummary) -> ModelOut:
         n_versions=model.n_versions,
         aliases=model.aliases,
         algorithm=model.algorithm,
+    )
+
+
+def job_out(job: JobRecord) -> JobOut:
+    return JobOut(
+        id=job.id,
+        kind=job.kind,  # type: ignore[arg-type]
+        status=job.status,  # type: ignore[arg-type]
+        model_name=job.model_name,
+        algorithm=job.algorithm,
+        progress=ProgressOut(done=job.progress_done, total=job.progress_total),
+        request=job.request,
+        result=job.result,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
     )

@@ -23,7 +23,8 @@ ModelName = Annotated[
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Row = list[Number]
 Record = dict[str, Number]
-Contamination = Annotated[float, Field(ge=0.0, le=MAX_CONTAMINATION)]
+# Strict: JSON `true` or "0.1" is not a contamination (lax mode would take them as 1.0 and 0.1).
+Contamination = Annotated[float, Strict(), Field(ge=0.0, le=MAX_CONTAMINATION)]
 
 EXAMPLE_INSTANCES = [[0.1, 2.3], [0.2, 2.1], [5.1, 0.3]]
 
@@ -77,13 +78,13 @@ class AnomaliesRequest(InferenceRequest):
     threshold: Number | None = Field(
         None, description="Flag rows scoring above this. Exclusive with `contamination`."
     )
-    explain: bool = Field(
+    explain: Annotated[bool, Strict()] = Field(
         False,
         description="Add `contributions`: per row, the features that contributed most to its "
         "anomaly score (exact decompositions for k-means, mixtures, DBSCAN and "
         "pca_reconstruction; median substitution for the other detectors).",
     )
-    top_features: int | None = Field(
+    top_features: Annotated[int, Strict()] | None = Field(
         None,
         ge=1,
         le=10_000,
@@ -143,7 +144,7 @@ class AnomalySettings(Strict_):
         DEFAULT_CONTAMINATION,
         description="Share of training rows the stored threshold flags, in [0, 0.5].",
     )
-    refit_without_outliers: bool = Field(
+    refit_without_outliers: Annotated[bool, Strict()] = Field(
         False,
         description="Clean-data fit: fit, drop the training rows above the threshold, fit "
         "again on the rest. The version's metrics report how many rows were dropped; the "
@@ -217,6 +218,11 @@ class TrainRequest(Strict_):
     description: str | None = Field(None, max_length=2000)
     tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict, max_length=50
+    )
+    wait: bool = Field(
+        True,
+        description="Wait for the fit (201 with the version). `false`: answer 202 with the "
+        "job at once. A wait longer than LLOYD_SYNC_TIMEOUT_SECONDS also answers 202.",
     )
 
 
@@ -383,3 +389,128 @@ class Problem(BaseModel):
     detail: str
     code: str
     errors: list[dict[str, Any]] | None = None
+
+
+# -- model selection and jobs --------------------------------------------------------------------
+Tags = dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]]
+
+
+class GridRange(Strict_):
+    """Integers from ``min`` to ``max`` (both included) in steps of ``step``."""
+
+    min: int = Field(ge=0)
+    max: int = Field(ge=0)
+    step: int = Field(1, ge=1)
+
+
+class RegisterBest(Strict_):
+    name: ModelName
+    criterion: str = Field(
+        description="Which best candidate to register: `bic`, `aic`, `log_likelihood` "
+        "(Gaussian mixture); `silhouette`, `davies_bouldin`, `calinski_harabasz`, `inertia` "
+        "(the elbow) for k-means; `lower_bound`, `log_likelihood` (Bayesian mixture).",
+        examples=["bic"],
+    )
+    description: str | None = Field(None, max_length=2000)
+    tags: Tags = Field(default_factory=dict, max_length=50)
+
+
+SELECTION_EXAMPLE_ROWS = [
+    [0.1, 2.3], [0.2, 2.1], [0.15, 2.2], [0.12, 2.25], [0.18, 2.32], [0.09, 2.18],
+    [5.1, 0.3], [5.0, 0.4], [5.2, 0.35], [5.05, 0.32], [4.95, 0.28], [5.12, 0.41],
+]  # fmt: skip
+
+
+class ModelSelectionRequest(Strict_):
+    """Fit every candidate of a grid and report them."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "algorithm": "kmeans",
+                    "params": {"n_init": 10, "random_state": 42},
+                    "grid": {"n_clusters": {"min": 2, "max": 5}},
+                    "data": {"instances": SELECTION_EXAMPLE_ROWS},
+                },
+                {
+                    "algorithm": "gaussian_mixture",
+                    "params": {"random_state": 42},
+                    "grid": {"n_components": [1, 2], "covariance_type": ["full", "diag"]},
+                    "data": {"instances": SELECTION_EXAMPLE_ROWS},
+                    "register": {"name": "line-7-selected", "criterion": "bic"},
+                },
+            ]
+        },
+    )
+
+    algorithm: str = Field(
+        description="`kmeans`, `minibatch_kmeans`, `gaussian_mixture` or "
+        "`bayesian_gaussian_mixture`."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Hyperparameters every candidate shares."
+    )
+    grid: dict[str, Annotated[list[Any], Field(min_length=1, max_length=1000)] | GridRange] = Field(
+        description="Per hyperparameter, a list of values or an integer range; the "
+        "candidates are every combination.",
+        min_length=1,
+        max_length=8,
+    )
+    preprocessing: list[PreprocessingStep] = Field(default_factory=list, max_length=8)
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    data: Rows
+    feature_names: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = None
+    silhouette_diagrams: bool = Field(
+        True, description="k-means: add each candidate's silhouette diagram data."
+    )
+    # "register" is the JSON name; as an attribute it would shadow ABCMeta.register.
+    register_best: RegisterBest | None = Field(
+        None,
+        alias="register",
+        description="Register the best candidate under `criterion` as a new version.",
+    )
+    wait: bool = Field(True, description="As for training: `false` answers 202 with the job.")
+
+
+class ProgressOut(BaseModel):
+    done: int
+    total: int
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["training", "model_selection"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model_name: str | None
+    algorithm: str
+    progress: ProgressOut = Field(description="Fits done of total (grid candidates).")
+    request: dict[str, Any] = Field(description="A summary of what was asked.")
+    result: dict[str, Any] | None = Field(
+        description="Training: `{model, version}`. Model selection: the report."
+    )
+    error: dict[str, Any] | None = Field(description="`code`, `status`, `detail` on failure.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(Page):
+    items: list[JobOut]
+
+
+class SelectionReport(BaseModel):
+    """Every candidate with its metrics, the best under each criterion, and the elbow."""
+
+    algorithm: str
+    n_candidates: int
+    candidates: list[dict[str, Any]] = Field(
+        description="`index`, the grid `params`, `metrics` and (k-means) `silhouette_diagram`."
+    )
+    criteria: dict[str, str] = Field(description="Criterion -> `min`, `max` or `elbow`.")
+    best: dict[str, Any] = Field(description="Per criterion: the best candidate.")
+    elbow: dict[str, Any] | None = None
+    registered: dict[str, Any] | None = Field(
+        None, description="`{model, version, criterion}` of the registered candidate."
+    )

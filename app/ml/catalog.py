@@ -235,6 +235,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             summary="A PCA of the normal rows; the anomaly score is the squared error of "
             "rebuilding a row from the kept components.",
             refused=_DETECTOR_REFUSED,
+            refusal_hints=_CONTAMINATION_HINT,
         ),
     )
 }

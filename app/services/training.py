@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
+from typing import Any
 
 import joblib
 import numpy as np
@@ -11,19 +13,16 @@ import sklearn
 
 import app
 from app.api.schemas import TrainRequest
-from app.errors import (
-    InvalidInput,
-    InvalidParameter,
-    PayloadTooLarge,
-    TrainingFailed,
-    UnknownAlgorithm,
-)
+from app.errors import InvalidInput, LloydError, PayloadTooLarge, UnknownAlgorithm
+from app.jobs.runner import JobHandle, JobRunner, Task
 from app.ml.catalog import ALGORITHMS, Algorithm
-from app.ml.exceptions import FitError, HyperparameterError
-from app.ml.fitting import fit_model
+from app.ml.fitting import FitResult
+from app.ml.preprocessing import build_preprocessor
 from app.observability import ServiceMetrics
+from app.registry.job_store import JobRecord, JobStore
 from app.registry.model_registry import ModelRegistry
-from app.registry.records import ModelVersion, NewVersion
+from app.registry.records import NewVersion
+from app.services.fitting_tasks import fit_errors, fit_for_training
 from app.services.rows import instances_to_array, records_to_array
 from app.settings import Settings
 
@@ -86,55 +85,109 @@ def training_matrix(spec: TrainRequest, settings: Settings) -> tuple[np.ndarray,
     return X, names
 
 
-def train(
-    *,
-    registry: ModelRegistry,
-    spec: TrainRequest,
-    settings: Settings,
-    metrics: ServiceMetrics,
-) -> ModelVersion:
-    """Fit ``spec`` and register the result as the next version of ``spec.name``. Blocking: call
-    it from a worker thread."""
+@dataclass(frozen=True)
+class PreparedTraining:
+    """A training request checked in the API process, before any worker is started."""
+
+    algorithm: Algorithm
+    X: np.ndarray
+    feature_names: list[str] | None
+    preprocessing: list[dict[str, Any]]
+
+
+def prepare(spec: TrainRequest, settings: Settings) -> PreparedTraining:
+    """Every check that needs no fit: algorithm, hyperparameters, preprocessing, rows, text."""
     algorithm = resolve_algorithm(spec.algorithm)
     X, feature_names = training_matrix(spec, settings)
     refuse_nul(spec.description or "", ["body", "description"])
     for key, value in spec.tags.items():
         refuse_nul(key + value, ["body", "tags", key])
     preprocessing = [step.model_dump() for step in spec.preprocessing]
-    try:
-        result = fit_model(
-            algorithm=algorithm,
-            params=spec.params,
-            preprocessing=preprocessing,
-            X=X,
-            feature_names=feature_names,
-            contamination=spec.anomaly.contamination,
-            refit_without_outliers=spec.anomaly.refit_without_outliers,
-        )
-    except HyperparameterError as exc:
-        metrics.trainings.labels(algorithm.name, "failed").inc()
-        where = ["body", "params", exc.parameter]
-        if exc.parameter.startswith("preprocessing"):
-            where = ["body", exc.parameter]
-        raise InvalidParameter(exc.message, at=where) from exc
-    except FitError as exc:
-        metrics.trainings.labels(algorithm.name, "failed").inc()
-        raise TrainingFailed(f"{algorithm.name} could not be fitted: {exc}") from exc
-    metrics.trainings.labels(algorithm.name, "succeeded").inc()
-    metrics.training_duration.labels(algorithm.name).observe(result.training_seconds)
-    new = NewVersion(
-        algorithm=algorithm.name,
+    with fit_errors(algorithm.name):
+        algorithm.build(spec.params)
+        build_preprocessor(preprocessing)
+    return PreparedTraining(algorithm, X, feature_names, preprocessing)
+
+
+def new_version(
+    prepared: PreparedTraining,
+    result: FitResult,
+    *,
+    description: str | None,
+    tags: dict[str, str],
+) -> NewVersion:
+    return NewVersion(
+        algorithm=prepared.algorithm.name,
         params=result.params,
-        preprocessing=preprocessing,
-        feature_names=feature_names,
-        n_samples=X.shape[0],
-        n_features=X.shape[1],
+        preprocessing=prepared.preprocessing,
+        feature_names=prepared.feature_names,
+        n_samples=prepared.X.shape[0],
+        n_features=prepared.X.shape[1],
         metrics=result.metrics,
         anomaly=result.model.anomaly.summary,
-        operations=list(algorithm.operations),
+        operations=list(prepared.algorithm.operations),
         library_versions=library_versions(),
         training_seconds=result.training_seconds,
-        description=spec.description,
-        tags=spec.tags,
+        description=description,
+        tags=tags,
     )
-    return registry.register(spec.name, new, result.model)
+
+
+def start_training(
+    *,
+    registry: ModelRegistry,
+    jobs: JobStore,
+    runner: JobRunner,
+    spec: TrainRequest,
+    settings: Settings,
+    metrics: ServiceMetrics,
+) -> tuple[JobRecord, JobHandle]:
+    """Check ``spec``, then fit it in a worker process as a job whose result is the next version
+    of ``spec.name``. Returns at once; the handle's ``done`` is set when the job ends."""
+    try:
+        prepared = prepare(spec, settings)
+    except LloydError:
+        if spec.algorithm in ALGORITHMS:
+            metrics.trainings.labels(spec.algorithm, "failed").inc()
+        raise
+    algorithm = prepared.algorithm.name
+    job = jobs.create(
+        kind="training",
+        model_name=spec.name,
+        algorithm=algorithm,
+        total=1,
+        request={
+            "name": spec.name,
+            "algorithm": algorithm,
+            "params": spec.params,
+            "n_samples": prepared.X.shape[0],
+            "n_features": prepared.X.shape[1],
+        },
+    )
+    task = Task(
+        fit_for_training,
+        {
+            "algorithm": algorithm,
+            "params": spec.params,
+            "preprocessing": prepared.preprocessing,
+            "X": prepared.X,
+            "feature_names": prepared.feature_names,
+            "contamination": spec.anomaly.contamination,
+            "refit_without_outliers": spec.anomaly.refit_without_outliers,
+        },
+    )
+
+    def finish(results: list[FitResult]) -> dict[str, Any]:
+        result = results[0]
+        metrics.training_duration.labels(algorithm).observe(result.training_seconds)
+        version = registry.register(
+            spec.name,
+            new_version(prepared, result, description=spec.description, tags=spec.tags),
+            result.model,
+        )
+        return {"model": version.name, "version": version.version}
+
+    def done(status: str) -> None:
+        metrics.trainings.labels(algorithm, status).inc()
+
+    return job, runner.submit(job, [task], finish, on_done=done)

@@ -1,40 +1,136 @@
-"""Training router: create model versions."""
+"""Training router: create model versions, and model selection over a grid."""
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
-from app.api.deps import MetricsDep, RegistryDep, SettingsDep
-from app.api.documents import version_out
-from app.api.schemas import Problem, TrainRequest, VersionOut
-from app.services import training
+from app.api.deps import JobStoreDep, MetricsDep, RegistryDep, RunnerDep, SettingsDep
+from app.api.documents import job_out, version_out
+from app.api.responses import FastJSONResponse
+from app.api.schemas import (
+    JobOut,
+    ModelSelectionRequest,
+    Problem,
+    SelectionReport,
+    TrainRequest,
+    VersionOut,
+)
+from app.registry.job_store import JobRecord
+from app.services import jobs as job_service
+from app.services import selection, training
 
 router = APIRouter(prefix="/v1", tags=["training"])
+
+ACCEPTED = {
+    202: {
+        "model": JobOut,
+        "description": "Still running (`wait: false`, or longer than LLOYD_SYNC_TIMEOUT_SECONDS): "
+        "the job; poll its `Location`.",
+    }
+}
+TRAINING_ERRORS = {
+    409: {"model": Problem, "description": "The job was cancelled while the client waited."},
+    413: {"model": Problem, "description": "Too many rows x features, or body too large."},
+    422: {"model": Problem, "description": "Invalid data, algorithm or hyperparameter."},
+    500: {"model": Problem, "description": "The job failed: time limit, or a worker died."},
+}
+
+
+def accepted(job: JobRecord) -> Response:
+    return FastJSONResponse(
+        job_out(job).model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )
 
 
 @router.post(
     "/models",
     status_code=201,
     response_model=VersionOut,
-    responses={
-        413: {"model": Problem, "description": "Too many rows x features, or body too large."},
-        422: {"model": Problem, "description": "Invalid data, algorithm or hyperparameter."},
-    },
+    responses={**ACCEPTED, **TRAINING_ERRORS},
 )
 async def train_model(
     spec: TrainRequest,
-    response: Response,
     registry: RegistryDep,
+    jobs: JobStoreDep,
+    runner: RunnerDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-) -> VersionOut:
+) -> Response:
     """Train a new immutable version of model `name` and store it.
 
     The first training of a name creates the model (version 1); every later one adds the next
-    version. Results equal scikit-learn's on the same data and hyperparameters. Answers 201 with
-    the version document once the artifact and its metadata are both stored.
+    version. Results equal scikit-learn's on the same data and hyperparameters. The fit runs in
+    a worker process, as a job. Answers 201 with the version document once the artifact and its
+    metadata are both stored, or 202 with the job (`wait: false`, or a fit longer than
+    LLOYD_SYNC_TIMEOUT_SECONDS).
     """
-    version = await run_in_threadpool(
-        lambda: training.train(registry=registry, spec=spec, settings=settings, metrics=metrics)
+    job, handle = await run_in_threadpool(
+        lambda: training.start_training(
+            registry=registry,
+            jobs=jobs,
+            runner=runner,
+            spec=spec,
+            settings=settings,
+            metrics=metrics,
+        )
     )
-    response.headers["Location"] = f"/v1/models/{version.name}/versions/{version.version}"
-    return version_out(version)
+    if not spec.wait:
+        return accepted(job)
+    job = await job_service.wait_briefly(
+        jobs=jobs, job=job, handle=handle, timeout=settings.sync_timeout_seconds
+    )
+    if not job_service.is_success(job):
+        return accepted(job)
+    assert job.result is not None
+    version = await run_in_threadpool(
+        registry.get_version, job.result["model"], job.result["version"]
+    )
+    return JSONResponse(
+        version_out(version).model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/v1/models/{version.name}/versions/{version.version}"},
+    )
+
+
+@router.post(
+    "/model-selection",
+    response_model=SelectionReport,
+    responses={**ACCEPTED, **TRAINING_ERRORS},
+)
+async def select_model(
+    spec: ModelSelectionRequest,
+    registry: RegistryDep,
+    jobs: JobStoreDep,
+    runner: RunnerDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> Response:
+    """Fit every candidate of a grid and report it, so that nobody has to guess k.
+
+    k-means: inertia (and its elbow), silhouette (with each candidate's silhouette diagram
+    data), Davies-Bouldin, Calinski-Harabasz. Gaussian mixtures: BIC, AIC, log-likelihood,
+    convergence. Bayesian mixtures: effective components and weights. The best candidate under
+    each criterion; with `register`, the best under its criterion becomes a new version.
+    Candidates are fitted in parallel worker processes; a long grid answers 202 with its job.
+    """
+    job, handle = await run_in_threadpool(
+        lambda: selection.start_selection(
+            registry=registry,
+            jobs=jobs,
+            runner=runner,
+            spec=spec,
+            settings=settings,
+            metrics=metrics,
+        )
+    )
+    if not spec.wait:
+        return accepted(job)
+    job = await job_service.wait_briefly(
+        jobs=jobs, job=job, handle=handle, timeout=settings.sync_timeout_seconds
+    )
+    if not job_service.is_success(job):
+        return accepted(job)
+    return FastJSONResponse(job.result)

@@ -1,0 +1,57 @@
+"""Jobs router: follow, list and cancel trainings and model selections."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from app.api.deps import JobStoreDep, RunnerDep
+from app.api.documents import job_out
+from app.api.schemas import JobOut, JobPage, Problem
+from app.services import jobs as job_service
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[
+    str,
+    Path(
+        description="The job's id (from a 202's Location).",
+        examples=["3f0c2b1e-7a4d-4c55-9a51-0d6f2f1f4b2a"],
+    ),
+]
+NOT_FOUND = {404: {"model": Problem, "description": "No such job."}}
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    jobs: JobStoreDep,
+    status: Annotated[
+        Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
+        Query(description="Only jobs in this status."),
+    ] = None,
+    kind: Annotated[
+        Literal["training", "model_selection"] | None, Query(description="Only this kind.")
+    ] = None,
+    model: Annotated[str | None, Query(description="Only jobs for this model name.")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobPage:
+    """Jobs, newest first, a page at a time."""
+    items, total = jobs.list(status=status, kind=kind, model_name=model, offset=offset, limit=limit)
+    return JobPage(items=[job_out(j) for j in items], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def get_job(job_id: JobId, jobs: JobStoreDep) -> JobOut:
+    """A job: status, progress, timestamps, and its result or error."""
+    return job_out(jobs.get(job_id))
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobOut,
+    responses={**NOT_FOUND, 409: {"model": Problem, "description": "Already finished."}},
+)
+def cancel_job(job_id: JobId, jobs: JobStoreDep, runner: RunnerDep) -> JobOut:
+    """Cancel a queued or running job: its worker processes are killed and no version is
+    created."""
+    return job_out(job_service.cancel(jobs=jobs, runner=runner, job_id=job_id))
