@@ -10,7 +10,8 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 def test_every_setting_is_documented():
     for name, field in Settings.model_fields.items():
         row = next(
-            (line for line in README.splitlines() if f"`LLOYD_{name.upper()}`" in line), None
+            (line for line in README.splitlines() if line.startswith(f"| `LLOYD_{name.upper()}`")),
+            None,
         )
         assert row is not None, f"LLOYD_{name.upper()} missing from the README"
         if field.default_factory is not None:
