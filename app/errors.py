@@ -118,9 +118,17 @@ def error_document(exc: LloydError) -> dict[str, Any]:
 def error_from_document(document: dict[str, Any]) -> LloydError:
     """The error a stored document describes, as the class of its code."""
     by_code = {cls.code: cls for cls in _subclasses(LloydError)}
-    cls = by_code.get(document.get("code", ""), JobFailed)
-    return cls(
+    code = document.get("code", "")
+    cls = by_code.get(code, JobFailed)
+    error = cls(
         document.get("detail", "the job failed"),
         errors=document.get("errors"),
         extra=document.get("extra"),
     )
+    if cls is JobFailed and code:
+        # A code with no class of its own (job_timeout, interrupted) is kept, so that a client
+        # that waited reads the same code and status as the job.
+        error.code = code
+        error.status = document.get("status", error.status)
+        error.title = document.get("title", error.title)
+    return error

@@ -1,5 +1,5 @@
 """Shared fixtures: a fresh SQLite file and model store per test, the real app built by the
-factory, a client that runs its lifespan, and a PostgreSQL schema per test where one is reachable."""
+factory, a client that runs its lifespan, and a PostgreSQL schema per test where one answers."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ forkserver makes each new process cheap (scikit-learn is imported once, in the s
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -153,7 +154,9 @@ class JobRunner:
     ) -> None:
         job_id = handle.job_id
         status = FAILED
-        deadline = time.monotonic() + self.timeout_seconds
+        # The limit counts from the job's first worker, not from its wait for a free slot (or
+        # for the forkserver to start): a job that has not run has not run too long.
+        deadline = math.inf
         pending = deque(enumerate(tasks))
         running: dict[int, tuple[BaseProcess, Connection]] = {}
         results: list[Any] = [None] * len(tasks)
@@ -172,6 +175,7 @@ class JobRunner:
                     if not started:
                         started = True
                         self.jobs.mark_running(job_id)
+                        deadline = time.monotonic() + self.timeout_seconds
                 if not running:
                     time.sleep(0.02)  # every slot is taken by other jobs
                     continue

@@ -42,21 +42,38 @@ def expand_grid(
     of integers (``step`` defaults to 1)."""
     if not grid:
         raise HyperparameterError("grid", "the grid is empty: give at least one parameter")
-    names, value_lists = [], []
+    names: list[str] = []
+    value_lists: list[list[Any] | range] = []
     for name, values in grid.items():
+        options: list[Any] | range
         if isinstance(values, dict):
             low, high, step = values["min"], values["max"], values.get("step", 1)
             if low > high or step < 1:
                 raise HyperparameterError(f"grid.{name}", f"empty range for {name}: {values}")
-            values = list(range(low, high + 1, step))
-        if not values:
+            options = range(low, high + 1, step)  # lazy until every entry is checked
+        else:
+            options = values
+        if not options:
             raise HyperparameterError(f"grid.{name}", f"no values for {name}")
         names.append(name)
-        value_lists.append(list(values))
+        value_lists.append(options)
     return [
         Candidate(index, dict(zip(names, combination, strict=True)))
         for index, combination in enumerate(itertools.product(*value_lists))
     ]
+
+
+def grid_size(grid: dict[str, list[Any] | dict[str, int]]) -> int:
+    """How many candidates ``expand_grid`` would make, counted without making them: a range of
+    a billion values must be refused before it is expanded into memory."""
+    size = 1
+    for values in grid.values():
+        if isinstance(values, dict):
+            low, high, step = values["min"], values["max"], values.get("step", 1)
+            size *= max(0, (high - low) // step + 1) if step >= 1 else 0
+        else:
+            size *= len(values)
+    return size
 
 
 def silhouette_diagram(

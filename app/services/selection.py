@@ -8,7 +8,7 @@ from app.api.schemas import ModelSelectionRequest, TrainRequest
 from app.errors import InvalidInput, InvalidParameter
 from app.jobs.runner import JobHandle, JobRunner, Task
 from app.ml.fitting import FitResult
-from app.ml.selection import CRITERIA, SELECTABLE, expand_grid, summarize
+from app.ml.selection import CRITERIA, SELECTABLE, expand_grid, grid_size, summarize
 from app.observability import ServiceMetrics
 from app.registry.job_store import JobRecord, JobStore
 from app.registry.model_registry import ModelRegistry
@@ -53,14 +53,15 @@ def start_selection(
         name: values.model_dump() if hasattr(values, "model_dump") else values
         for name, values in spec.grid.items()
     }
-    with fit_errors(algorithm.name):
-        candidates = expand_grid(algorithm, grid)
-    if len(candidates) > settings.max_grid_candidates:
+    size = grid_size(grid)  # before expanding: a huge range must not fill the memory
+    if size > settings.max_grid_candidates:
         raise InvalidInput(
-            f"the grid has {len(candidates)} candidates; at most {settings.max_grid_candidates} "
+            f"the grid has {size} candidates; at most {settings.max_grid_candidates} "
             "(LLOYD_MAX_GRID_CANDIDATES)",
             at=["body", "grid"],
         )
+    with fit_errors(algorithm.name):
+        candidates = expand_grid(algorithm, grid)
     for candidate in candidates:
         clash = set(candidate.params) & set(spec.params)
         if clash:
@@ -88,6 +89,15 @@ def start_selection(
                 f"{', '.join(CRITERIA[algorithm.name])} for {algorithm.name}",
                 at=["body", "register", "criterion"],
             )
+        if CRITERIA[algorithm.name][register.criterion] == "elbow":
+            # Known now, not after the whole grid has been fitted: an elbow needs a curve.
+            ks = {c.params.get(algorithm.n_clusters_param or "") for c in candidates} - {None}
+            if len(ks) < 3:
+                raise InvalidInput(
+                    f"criterion {register.criterion!r} registers the elbow of the inertia "
+                    f"curve: the grid needs at least 3 values of {algorithm.n_clusters_param}",
+                    at=["body", "register", "criterion"],
+                )
         refuse_nul(register.description or "", ["body", "register", "description"])
         for key, value in register.tags.items():
             refuse_nul(key + value, ["body", "register", "tags", key])
