@@ -16,9 +16,11 @@ from app.api.schemas import (
     TrainRequest,
     VersionOut,
 )
-from app.registry.job_store import JobRecord
+from app.jobs.runner import JobHandle
+from app.registry.job_store import JobRecord, JobStore
 from app.services import jobs as job_service
 from app.services import selection, training
+from app.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["training"])
 
@@ -42,6 +44,18 @@ def accepted(job: JobRecord) -> Response:
         job_out(job).model_dump(mode="json"),
         status_code=202,
         headers={"Location": f"/v1/jobs/{job.id}"},
+    )
+
+
+async def finished(
+    job: JobRecord, handle: JobHandle, *, wait: bool, jobs: JobStore, settings: Settings
+) -> JobRecord:
+    """The job once it ends, when the client waits and it ends within the sync limit; else the
+    job as it stands (the caller answers 202 with it)."""
+    if not wait:
+        return job
+    return await job_service.wait_briefly(
+        jobs=jobs, job=job, handle=handle, timeout=settings.sync_timeout_seconds
     )
 
 
@@ -77,11 +91,7 @@ async def train_model(
             metrics=metrics,
         )
     )
-    if not spec.wait:
-        return accepted(job)
-    job = await job_service.wait_briefly(
-        jobs=jobs, job=job, handle=handle, timeout=settings.sync_timeout_seconds
-    )
+    job = await finished(job, handle, wait=spec.wait, jobs=jobs, settings=settings)
     if not job_service.is_success(job):
         return accepted(job)
     assert job.result is not None
@@ -126,11 +136,7 @@ async def select_model(
             metrics=metrics,
         )
     )
-    if not spec.wait:
-        return accepted(job)
-    job = await job_service.wait_briefly(
-        jobs=jobs, job=job, handle=handle, timeout=settings.sync_timeout_seconds
-    )
+    job = await finished(job, handle, wait=spec.wait, jobs=jobs, settings=settings)
     if not job_service.is_success(job):
         return accepted(job)
     return FastJSONResponse(job.result)
