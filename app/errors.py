@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class LloydError(Exception):
@@ -11,6 +11,7 @@ class LloydError(Exception):
     status: int = 400
     code: str = "bad_request"
     title: str = "Bad request"
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(
         self,
@@ -58,6 +59,25 @@ class PayloadTooLarge(LloydError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
 
+class Unauthorized(LloydError):
+    """No API key, or one that is not configured. Answered with ``WWW-Authenticate: Bearer``."""
+
+    status, code, title = 401, "unauthorized", "Unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="lloyd"'}
+
+
+class Forbidden(LloydError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotAcceptable(LloydError):
+    status, code, title = 406, "not_acceptable", "Not acceptable"
+
+
+class UnsupportedMediaType(LloydError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
 class NotFound(LloydError):
     status, code, title = 404, "not_found", "Not found"
 
@@ -83,6 +103,19 @@ class ArtifactIntegrityError(LloydError):
     unpickled. The version stays listed so that an operator can see and delete it."""
 
     status, code, title = 409, "artifact_integrity", "Model artifact failed its integrity check"
+
+
+class ArtifactMissing(ArtifactIntegrityError):
+    """The artifact's file is not in the store (deleted by hand, or by a concurrent delete of
+    its version, which the registry then reports as the 404 it is)."""
+
+
+class VersionDrift(LloydError):
+    """The artifact was written by another scikit-learn (or numpy major) version than the one
+    running, and LLOYD_ALLOW_VERSION_DRIFT is off: it is not unpickled, since scikit-learn does
+    not support loading a model across versions."""
+
+    status, code, title = 409, "version_drift", "Model trained with other library versions"
 
 
 class JobFinished(LloydError):

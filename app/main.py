@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from threadpoolctl import threadpool_limits
 
 import app as lloyd
 from app.api import problems
+from app.api.auth import AUTH_ERRORS, READ, WRITE
 from app.api.body_limit import BodySizeLimit
+from app.api.request_id import RequestId
 from app.api.routers import algorithms, health, jobs, models, prediction, scoring, training
 from app.jobs.runner import JobRunner
 from app.observability import MetricsMiddleware, ServiceMetrics
@@ -34,6 +39,27 @@ Every error is `application/problem+json` (RFC 9457) with a stable `code`.
 """
 
 
+def _log_access_policy(settings: Settings) -> None:
+    keys = settings.key_ring.keys
+    if keys:
+        log.info("API keys on: %d key(s) configured", len(keys))
+    elif not ipaddress_is_loopback(settings.host):
+        log.warning(
+            "no API keys configured and listening on %s: anyone who reaches this port can "
+            "train, delete and read every model (set LLOYD_API_KEYS)",
+            settings.host,
+        )
+
+
+def ipaddress_is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Engines open and migrations run in the lifespan, not here."""
     settings = settings or get_settings()
@@ -48,7 +74,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.migrate_on_startup:
             await run_in_threadpool(upgrade_database, engine)
         store = ArtifactStore(settings.models_store)
-        app.state.registry = ModelRegistry(engine, store, cache)
+        app.state.registry = ModelRegistry(
+            engine,
+            store,
+            cache,
+            allow_version_drift=settings.allow_version_drift,
+            resolution_max_age_seconds=settings.version_cache_seconds,
+        )
+        # A crash between an artifact's write and its row's commit leaves files nothing refers
+        # to. The clock is read before the rows, so a commit racing this stays safe (see sweep).
+        swept_at = time.time()
+        swept = await run_in_threadpool(
+            lambda: store.sweep(
+                app.state.registry.artifact_paths(),
+                older_than_seconds=settings.orphan_grace_seconds,
+                now=swept_at,
+            )
+        )
+        if swept.removed:
+            log.warning("removed from the models store: %s", swept)
         app.state.jobs = JobStore(engine)
         interrupted = await run_in_threadpool(
             app.state.jobs.fail_unfinished, "interrupted by restart"
@@ -60,6 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_workers=settings.max_concurrent_jobs,
             timeout_seconds=settings.job_timeout_seconds,
         )
+        _log_access_policy(settings)
+        # BLAS pools are process-wide: this holds wherever the app was started from (python -m
+        # app also sets the environment, which OpenMP needs, before anything is imported).
+        blas_limit = threadpool_limits(limits=settings.serving_threads, user_api="blas")
         log.info(
             "Lloyd %s ready: database %s, models store %s",
             lloyd.__version__,
@@ -69,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            blas_limit.restore_original_limits()
             await run_in_threadpool(app.state.runner.shutdown)
             engine.dispose()
 
@@ -81,16 +130,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     problems.install(app)
-    for router in (
-        training.router,
-        prediction.router,
-        scoring.router,
-        models.router,
-        jobs.router,
-        algorithms.router,
-        health.router,
+    # Scopes: `read` lists, inspects and runs inference; `write` trains, deletes and runs jobs.
+    # The models router mixes both and declares them per route.
+    for router, needs in (
+        (training.router, [WRITE]),
+        (jobs.router, [WRITE]),
+        (prediction.router, [READ]),
+        (scoring.router, [READ]),
+        (algorithms.router, [READ]),
+        (models.router, []),
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=needs, responses=AUTH_ERRORS)
+    app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: the id is set before anything else can log or refuse the request.
+    app.add_middleware(RequestId)
     return app

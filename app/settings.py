@@ -5,15 +5,24 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.api_keys import ApiKey, KeyRing, parse_api_keys
 
 
 class Settings(BaseSettings):
     """Lloyd's configuration. Every field is ``LLOYD_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="LLOYD_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LLOYD_",
+        env_file=None,
+        extra="ignore",
+        # A key pasted in clear into LLOYD_API_KEYS must not be echoed into a start-up log.
+        hide_input_in_errors=True,
+    )
 
     database_url: str = Field(
         "sqlite:///./lloyd.db",
@@ -27,6 +36,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
     workers: int = Field(1, ge=1, le=64, description="Uvicorn worker processes.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or as one JSON object per line."
+    )
     migrate_on_startup: bool = Field(
         True, description="Apply the Alembic migrations when the app starts."
     )
@@ -48,6 +60,26 @@ class Settings(BaseSettings):
     max_sample_rows: int = Field(
         100_000, ge=1, description="Largest `n_samples` accepted by the `sample` operation."
     )
+    serving_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="BLAS/OpenMP threads of each serving process. Requests are served "
+        "concurrently by a thread pool, so one thread per request uses the cores without "
+        "oversubscribing them (fits run in their own worker processes, with their own limit).",
+    )
+    max_name_length: int = Field(
+        128, ge=1, le=128, description="Longest model name accepted (422 above; 128 at most)."
+    )
+    max_description_length: int = Field(
+        2000, ge=0, le=2000, description="Longest description accepted (422; 2,000 at most)."
+    )
+    max_tags: int = Field(
+        50, ge=0, le=50, description="Most tags on one version (422; 50 at most)."
+    )
+    max_tag_length: int = Field(
+        256, ge=1, le=256, description="Longest tag value accepted; keys stop at 64 (422)."
+    )
     max_concurrent_jobs: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
@@ -58,6 +90,14 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(
         3600.0, gt=0, description="A job running longer is killed and marked failed."
     )
+    orphan_grace_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="At start-up, artifacts no version refers to and temporary files left by "
+        "a crash are removed once they are older than this. With one server the default is "
+        "right; with replicas sharing one store, set it above the longest training, so that a "
+        "starting replica never removes an artifact another replica is about to commit.",
+    )
     sync_timeout_seconds: float = Field(
         30.0,
         ge=0,
@@ -67,12 +107,58 @@ class Settings(BaseSettings):
     max_grid_candidates: int = Field(
         200, ge=1, description="Most candidates one model selection may fit (422 above)."
     )
+    version_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a resolved `{name}/{version}` is reused without a database "
+        "query. Any registry write in this store (a new version, a delete, an alias) drops it "
+        "at once; the age only bounds staleness across hosts. 0: query every request.",
+    )
     inline_work_limit: int = Field(
         20_000,
         ge=0,
         description="Inference whose rows x per-row cost (multiply-adds) is at most this runs "
         "on the event loop; larger work goes to the thread pool.",
     )
+    allow_version_drift: bool = Field(
+        False,
+        description="Load artifacts written by another scikit-learn version (or another numpy "
+        "major version) than the one running. scikit-learn does not support unpickling a model "
+        "across versions, so by default such a version answers 409 `version_drift` until it is "
+        "retrained; when allowed it is served, with a warning logged once per version.",
+    )
+
+    api_keys: str = Field(
+        "",
+        description="API keys as `<sha256 of the key>:<scopes>` entries (scopes `read`, `write`, "
+        "joined by `+`), separated by commas. Empty (and no keys file): the service is open.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of API key entries, one per line (`#` comments); adds to "
+        "`LLOYD_API_KEYS`.",
+    )
+    metrics_require_key: bool = Field(
+        False, description="Close `/metrics` to clients without a valid API key."
+    )
+    _key_ring: KeyRing = PrivateAttr(default_factory=lambda: KeyRing([]))
+
+    @model_validator(mode="after")
+    def _load_api_keys(self) -> Settings:
+        keys: list[ApiKey] = parse_api_keys(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"LLOYD_API_KEYS_FILE cannot be read: {exc}") from exc
+            keys += parse_api_keys(text)
+        self._key_ring = KeyRing(keys)
+        return self
+
+    @property
+    def key_ring(self) -> KeyRing:
+        """The configured API keys (empty: authentication is off)."""
+        return self._key_ring
 
     @field_validator("database_url")
     @classmethod

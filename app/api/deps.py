@@ -4,6 +4,7 @@ version is resolved."""
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.jobs.runner import JobRunner
 from app.observability import ServiceMetrics
@@ -49,14 +50,23 @@ VersionPath = Annotated[
 ]
 
 
-def path_version(name: NamePath, version: VersionPath, registry: RegistryDep) -> ModelVersion:
+async def _resolve(registry: ModelRegistry, name: str, ref: str) -> ModelVersion:
+    # Known without a query when nothing was written since it was last looked up; else the
+    # (blocking) query runs in the thread pool.
+    found = registry.resolved(name, ref)
+    if found is not None:
+        return found
+    return await run_in_threadpool(registry.get_version, name, ref)
+
+
+async def path_version(name: NamePath, version: VersionPath, registry: RegistryDep) -> ModelVersion:
     """The version named by ``{name}`` and ``{version}``; 404 when either does not exist."""
-    return registry.get_version(name, version)
+    return await _resolve(registry, name, version)
 
 
-def latest_version(name: NamePath, registry: RegistryDep) -> ModelVersion:
+async def latest_version(name: NamePath, registry: RegistryDep) -> ModelVersion:
     """The latest version of ``{name}``; 404 when there is none."""
-    return registry.get_version(name, LATEST)
+    return await _resolve(registry, name, LATEST)
 
 
 ModelVersionDep = Annotated[ModelVersion, Depends(path_version)]

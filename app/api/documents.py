@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from app.api.schemas import ArtifactOut, JobOut, ModelOut, ProgressOut, VersionOut
+from app.registry.compatibility import has_drifted
 from app.registry.job_store import JobRecord
 from app.registry.records import ModelSummary, ModelVersion
+from app.services.training import library_versions
+
+
+@cache
+def serving_library_versions() -> dict[str, str]:
+    """This process's library versions, as a training here would record them."""
+    return library_versions()
 
 
 def version_out(version: ModelVersion) -> VersionOut:
@@ -23,6 +33,8 @@ def version_out(version: ModelVersion) -> VersionOut:
         operations=version.operations,
         artifact=ArtifactOut(sha256=version.artifact_sha256, size_bytes=version.artifact_size),
         library_versions=version.library_versions,
+        serving_library_versions=serving_library_versions(),
+        version_drift=has_drifted(version.library_versions),
         training_seconds=version.training_seconds,
         created_at=version.created_at,
         description=version.description,

@@ -2,11 +2,14 @@
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, which
 # refer to this factory's arguments.
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
+from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER, npy_response, wants_npy
+from app.api.bodies import parse_rows_body
 from app.api.deps import LatestVersionDep, ModelVersionDep, RegistryDep, SettingsDep
 from app.api.responses import FastJSONResponse
 from app.api.schemas import Problem
@@ -14,8 +17,15 @@ from app.services import inference
 
 OPERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such model, version or alias."},
-    409: {"model": Problem, "description": "The model's artifact failed its integrity check."},
+    409: {
+        "model": Problem,
+        "description": "The model's artifact failed its integrity check (`artifact_integrity`), "
+        "or was written by another scikit-learn version, or numpy major version, than the "
+        "server runs (`version_drift`; LLOYD_ALLOW_VERSION_DRIFT allows it).",
+    },
+    406: {"model": Problem, "description": "`.npy` asked for an answer sent as JSON only."},
     413: {"model": Problem, "description": "Too many rows, or body too large."},
+    415: {"model": Problem, "description": "A body neither JSON nor `.npy`."},
     422: {
         "model": Problem,
         "description": "Invalid rows (ragged, non-numeric, non-finite, wrong width), or an "
@@ -24,52 +34,104 @@ OPERATION_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Request bodies parsed by hand (see app.api.bodies) are documented here, by reference, and
+# added to the OpenAPI components by app.api.problems.
+DOCUMENTED_BODIES: set[type[BaseModel]] = set()
+NPY_CONTENT = {
+    "schema": {"type": "string", "format": "binary"},
+    "description": "A NumPy `.npy` 2-D numeric array (rows x features); the request's other "
+    "fields as a JSON object in the `Lloyd-Request` header.",
+}
+LLOYD_REQUEST_HEADER = {
+    "name": "Lloyd-Request",
+    "in": "header",
+    "required": False,
+    "description": "With a `.npy` body only: the request's fields other than the rows, as a JSON "
+    'object (e.g. `{"contamination": 0.05}`).',
+    "schema": {"type": "string"},
+}
+
+
+def rows_request_body(body_model: type[BaseModel], *, optional: bool) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a body read by ``parse_rows_body``: the model as JSON and,
+    where it carries rows, ``.npy``."""
+    DOCUMENTED_BODIES.add(body_model)
+    content: dict[str, Any] = {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{body_model.__name__}"}}
+    }
+    if {"instances", "data"} & body_model.model_fields.keys():
+        content[NPY_MEDIA_TYPE] = NPY_CONTENT
+    return {"required": not optional, "content": content}
+
+
+def _ok_response() -> dict[str, Any]:
+    npy = {
+        "schema": {"type": "string", "format": "binary"},
+        "description": "With `Accept: application/x-npy`: the per-row results as a `.npy` array "
+        "(a structured array, one field per result, where there are several; a 0-d array for a "
+        "single number); the other fields as JSON in the `Lloyd-Response` header.",
+    }
+    return {
+        "content": {NPY_MEDIA_TYPE: npy},
+        "headers": {
+            RESPONSE_HEADER: {
+                "description": "With a `.npy` answer: its other fields, as a JSON object.",
+                "schema": {"type": "string"},
+            }
+        },
+    }
+
+
 def add_operation(
     router: APIRouter,
     operation: str,
     *,
-    body_model: type,
+    body_model: type[BaseModel],
     response_model: type,
     description: str,
     body_optional: bool = False,
 ) -> None:
-    """``POST /v1/models/{name}/{operation}`` and ``.../versions/{version}/{operation}``."""
-    if body_optional:
-        BodyType = Annotated[body_model | None, Body()]
-    else:
-        BodyType = Annotated[body_model, Body()]
+    """``POST /v1/models/{name}/{operation}`` and ``.../versions/{version}/{operation}``.
+
+    The body is read by ``parse_rows_body`` (rows straight into a float64 matrix, JSON or
+    ``.npy``) and documented as ``body_model``; the answer is JSON, or ``.npy`` when asked for."""
+    takes_rows = "instances" in body_model.model_fields
+
+    async def run(request: Request, version: Any, registry: Any, settings: Any) -> Response:
+        parsed = await parse_rows_body(request, body_model, optional=body_optional)
+        result = await inference.perform(
+            registry=registry,
+            version=version,
+            operation=operation,
+            body=parsed.fields,
+            rows=parsed.rows,
+            settings=settings,
+        )
+        if wants_npy(request.headers.get("accept")):
+            return npy_response(operation, result)
+        return FastJSONResponse(result)
 
     async def on_latest(
-        version: LatestVersionDep,
-        registry: RegistryDep,
-        settings: SettingsDep,
-        body: BodyType = None,
+        request: Request, version: LatestVersionDep, registry: RegistryDep, settings: SettingsDep
     ) -> Response:
-        result = await inference.perform(
-            registry=registry, version=version, operation=operation, body=body, settings=settings
-        )
-        return FastJSONResponse(result)
+        return await run(request, version, registry, settings)
 
     async def on_version(
-        version: ModelVersionDep,
-        registry: RegistryDep,
-        settings: SettingsDep,
-        body: BodyType = None,
+        request: Request, version: ModelVersionDep, registry: RegistryDep, settings: SettingsDep
     ) -> Response:
-        result = await inference.perform(
-            registry=registry, version=version, operation=operation, body=body, settings=settings
-        )
-        return FastJSONResponse(result)
+        return await run(request, version, registry, settings)
 
-    if not body_optional:
-        # A required body: drop the "= None" default so FastAPI marks it required.
-        for endpoint in (on_latest, on_version):
-            endpoint.__defaults__ = None
+    openapi_extra: dict[str, Any] = {
+        "requestBody": rows_request_body(body_model, optional=body_optional)
+    }
+    if takes_rows:
+        openapi_extra["parameters"] = [LLOYD_REQUEST_HEADER]
     common = {
         "methods": ["POST"],
         "response_model": response_model,
-        "responses": OPERATION_ERRORS,
+        "responses": {200: _ok_response(), **OPERATION_ERRORS},
         "description": description,
+        "openapi_extra": openapi_extra,
     }
     router.add_api_route(
         f"/v1/models/{{name}}/{operation}",

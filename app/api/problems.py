@@ -8,9 +8,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.api.operation_routes import DOCUMENTED_BODIES
+from app.api.request_id import internal_error
 from app.api.responses import PROBLEM_MEDIA_TYPE, problem
 from app.api.schemas import Problem
 from app.errors import LloydError
@@ -40,7 +43,15 @@ async def lloyd_error(_: Request, exc: LloydError) -> Response:
     errors = None
     if exc.errors:
         errors = [{"pointer": json_pointer(e.get("loc", [])), **e} for e in exc.errors]
-    return problem(exc.status, exc.code, exc.title, exc.detail, errors=errors, extra=exc.extra)
+    return problem(
+        exc.status,
+        exc.code,
+        exc.title,
+        exc.detail,
+        errors=errors,
+        extra=exc.extra,
+        headers=exc.headers,
+    )
 
 
 async def validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -76,8 +87,8 @@ async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(500, "internal_error", "Internal server error", "an unexpected error occurred")
+    log.exception("500 internal_error on %s %s", request.method, request.url.path)
+    return internal_error()
 
 
 def _document_problems(app: FastAPI) -> None:
@@ -105,6 +116,13 @@ def _document_problems(app: FastAPI) -> None:
         components.setdefault(
             "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         )
+        # Bodies read by hand (rows straight into numpy) are documented by their models.
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in sorted(DOCUMENTED_BODIES, key=str)],
+            ref_template="#/components/schemas/{model}",
+        )
+        for name, definition in definitions.get("$defs", {}).items():
+            components.setdefault(name, definition)
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
         return schema

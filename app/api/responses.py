@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from starlette.responses import Response
+
+log = logging.getLogger("app.errors")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -29,7 +32,18 @@ def problem(
     errors: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    logged: bool = False,
 ) -> Response:
+    """An RFC 9457 problem response. Every one is logged here, once, with the request id
+    (``logged``: the caller already logged it, with its traceback)."""
+    if not logged:
+        log.log(
+            logging.ERROR if status >= 500 else logging.INFO,
+            "%d %s: %s",
+            status,
+            code,
+            detail,
+        )
     body: dict[str, Any] = {
         "type": f"urn:lloyd:problem:{code}",
         "title": title,

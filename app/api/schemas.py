@@ -250,7 +250,20 @@ class VersionOut(BaseModel):
     )
     operations: list[str]
     artifact: ArtifactOut
-    library_versions: dict[str, str]
+    library_versions: dict[str, str] = Field(
+        description="The library versions the version was trained with (its artifact was "
+        "written by these).",
+        examples=[{"scikit-learn": "1.6.1", "numpy": "2.2.4"}],
+    )
+    serving_library_versions: dict[str, str] = Field(
+        description="The library versions of the server answering this request.",
+        examples=[{"scikit-learn": "1.6.1", "numpy": "2.2.4"}],
+    )
+    version_drift: bool = Field(
+        description="True when the version was trained with another scikit-learn version, or "
+        "another numpy major version, than the server runs. Its operations then answer 409 "
+        "`version_drift` unless the server allows it (LLOYD_ALLOW_VERSION_DRIFT)."
+    )
     training_seconds: float
     created_at: datetime
     description: str | None

@@ -64,6 +64,9 @@ class JobHandle:
     # Held while the job finishes (registers its result); a cancel waits for it, so a job is
     # never cancelled halfway through writing its version.
     finishing: threading.Lock = field(default_factory=threading.Lock)
+    # What ``finish`` chose to hand back to the request that started the job, in this process
+    # (a registered version, say), so that it need not be read back after a concurrent delete.
+    outcome: dict[str, Any] = field(default_factory=dict)
 
 
 class JobRunner:
@@ -83,10 +86,11 @@ class JobRunner:
         tasks: list[Task],
         finish: Callable[[list[Any]], dict[str, Any]],
         on_done: Callable[[str], None] | None = None,
+        outcome: dict[str, Any] | None = None,
     ) -> JobHandle:
         """Start ``job``: its ``tasks`` run in workers, then ``finish(results)`` runs here and
         returns the job's result document; ``on_done(status)`` is told how it ended."""
-        handle = JobHandle(job.id)
+        handle = JobHandle(job.id, outcome=outcome if outcome is not None else {})
         with self._lock:
             self._handles[job.id] = handle
         threading.Thread(

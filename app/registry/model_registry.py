@@ -14,12 +14,22 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.errors import AliasNotFound, InvalidInput, ModelNotFound, VersionNotFound
+from app.errors import (
+    AliasNotFound,
+    ArtifactMissing,
+    InvalidInput,
+    LloydError,
+    ModelNotFound,
+    VersionNotFound,
+)
 from app.registry.artifacts import ArtifactStore
 from app.registry.cache import ModelCache
+from app.registry.compatibility import RUNNING, compared_versions, drift_error, has_drifted
+from app.registry.compatibility import SETTING as DRIFT_SETTING
 from app.registry.database import WRITE
 from app.registry.orm import AliasRow, ModelRow, VersionRow
 from app.registry.records import ModelSummary, ModelVersion, NewVersion
+from app.registry.resolution import RegistryStamp, ResolutionCache
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +66,24 @@ def _utc(moment: datetime) -> datetime:
 class ModelRegistry:
     """One transaction per operation; returns plain records."""
 
-    def __init__(self, engine: Engine, store: ArtifactStore, cache: ModelCache) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: ArtifactStore,
+        cache: ModelCache,
+        *,
+        allow_version_drift: bool = False,
+        resolution_max_age_seconds: float = 0.0,
+    ) -> None:
         self.engine = engine
         self.store = store
         self.cache = cache
+        self.resolutions = ResolutionCache(
+            RegistryStamp(store.root / "registry.stamp"),
+            max_age_seconds=resolution_max_age_seconds,
+        )
+        self.allow_version_drift = allow_version_drift
+        self._drift_warned: set[tuple[str, int, str]] = set()
         self._write_engine = engine.execution_options(**WRITE)
 
     @contextmanager
@@ -148,11 +172,19 @@ class ModelRegistry:
 
     def get_version(self, name: str, ref: str | int = LATEST) -> ModelVersion:
         """The version ``ref`` (a number, an alias or ``latest``) of model ``name``."""
+        stamp = self.resolutions.before_lookup()
         with self._reading() as session:
             model = self._model_row(session, name)
             row = self._version_row(session, model, ref)
             aliases = self._aliases_by_version(session, model.id).get(row.id, [])
-            return self._record(name, row, aliases)
+            version = self._record(name, row, aliases)
+        self.resolutions.put(name, str(ref), version, stamp)
+        return version
+
+    def resolved(self, name: str, ref: str | int = LATEST) -> ModelVersion | None:
+        """The version ``get_version`` would return, if it is known without a query (no
+        registry write since it was looked up); else None."""
+        return self.resolutions.get(name, str(ref))
 
     def list_versions(
         self, name: str, *, offset: int, limit: int
@@ -223,6 +255,7 @@ class ModelRegistry:
             for attempt in range(ALLOCATION_ATTEMPTS):
                 try:
                     version = self._insert_version(name, new, artifact)
+                    self.resolutions.changed()
                     # The freshly fitted model is the likeliest to be asked for next.
                     self.cache.put(version.cache_key, model)
                     return version
@@ -288,7 +321,9 @@ class ModelRegistry:
                 existing.version_id = row.id
             session.flush()
             aliases = self._aliases_by_version(session, model.id).get(row.id, [])
-            return self._record(name, row, aliases)
+            record = self._record(name, row, aliases)
+        self.resolutions.changed()
+        return record
 
     def delete_alias(self, name: str, alias: str) -> None:
         with self._writing() as session:
@@ -301,6 +336,7 @@ class ModelRegistry:
             if row is None:
                 raise AliasNotFound(f"model {name!r} has no alias {alias!r}")
             session.delete(row)
+        self.resolutions.changed()
 
     def delete_version(self, name: str, ref: str | int) -> ModelVersion:
         """Delete one version (its aliases go with it), then its artifact."""
@@ -314,6 +350,7 @@ class ModelRegistry:
             # else the database's ON DELETE CASCADE removes them and SQLAlchemy warns.
             session.flush()
             session.delete(row)
+        self.resolutions.changed()
         # The row is gone before the file: a crash in between leaves an orphan file, never a
         # row whose artifact is missing.
         self._forget(record)
@@ -332,6 +369,7 @@ class ModelRegistry:
                 session.delete(row)
             session.flush()
             session.delete(model)
+        self.resolutions.changed()
         for record in records:
             self._forget(record)
         return records
@@ -343,16 +381,57 @@ class ModelRegistry:
     # -- artifacts -----------------------------------------------------------------------------
     def cached(self, version: ModelVersion) -> Any | None:
         """The loaded model if it is in memory, else None (no disk access)."""
+        # Checked on a hit too, so that whether a drifted version is refused never depends on
+        # what happens to be cached (nor on the request's size, which picks this path or load).
+        self._check_library_versions(version)
         return self.cache.peek(version.cache_key)
 
     def load(self, version: ModelVersion) -> Any:
-        """The loaded model of ``version``: from the cache, or from disk after its sha256 check."""
-        return self.cache.get(
-            version.cache_key,
-            lambda: self.store.load(
+        """The loaded model of ``version``: from the cache, or from disk after its library
+        versions (from the row: nothing is unpickled to learn them) and its sha256 check."""
+        self._check_library_versions(version)
+        try:
+            return self.cache.get(version.cache_key, lambda: self._read_artifact(version))
+        except ArtifactMissing:
+            # Deleted while this request was on its way: that is a 404, not a damaged store.
+            current = self.get_version(version.name, version.version)
+            if current.artifact_sha256 != version.artifact_sha256:
+                raise VersionNotFound(
+                    f"model {version.name!r} version {version.version} was deleted"
+                ) from None
+            raise
+
+    def _check_library_versions(self, version: ModelVersion) -> None:
+        """Refuse (VersionDrift) an artifact written by another scikit-learn or numpy major
+        version, unless the settings allow it; then warn once per version."""
+        if not has_drifted(version.library_versions):
+            return
+        if not self.allow_version_drift:
+            raise drift_error(version.label, version.library_versions)
+        if version.cache_key not in self._drift_warned:
+            self._drift_warned.add(version.cache_key)
+            log.warning(
+                "%s was trained with %s and is loaded under %s, as %s allows",
+                version.label,
+                compared_versions(version.library_versions),
+                RUNNING,
+                DRIFT_SETTING,
+            )
+
+    def _read_artifact(self, version: ModelVersion) -> Any:
+        try:
+            return self.store.load(
                 version.artifact_path, version.artifact_sha256, label=version.label
-            ),
-        )
+            )
+        except LloydError:
+            raise
+        except Exception as exc:
+            # The file is the one the service wrote (its sha256 matched): a drifted version that
+            # does not unpickle here failed because of the drift, which is no server error.
+            if not has_drifted(version.library_versions):
+                raise
+            cause = f"{type(exc).__name__}: {exc}"
+            raise drift_error(version.label, version.library_versions, cause=cause) from exc
 
     def ping(self) -> bool:
         try:
@@ -361,3 +440,8 @@ class ModelRegistry:
             return True
         except OperationalError:
             return False
+
+    def artifact_paths(self) -> set[str]:
+        """The artifact path of every version, as stored (relative to the store's root)."""
+        with self._reading() as session:
+            return set(session.scalars(select(VersionRow.artifact_path)))

@@ -28,9 +28,15 @@ def check_supported(version: ModelVersion, operation: str) -> None:
         )
 
 
-def rows_of(version: ModelVersion, body: Rows, settings: Settings) -> np.ndarray:
-    """The posted rows as a matrix of the model's width, within the row limit."""
-    count = len(body.records if body.records is not None else body.instances or [])
+def rows_of(
+    version: ModelVersion, body: Rows, settings: Settings, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """The posted rows as a matrix of the model's width, within the row limit. ``rows``: the
+    matrix the request parser already read (JSON fast path or ``.npy``), if it did."""
+    if rows is not None:
+        count = len(rows)
+    else:
+        count = len(body.records if body.records is not None else body.instances or [])
     if count > settings.max_inference_rows:
         raise PayloadTooLarge(
             f"{count} rows is more than the {settings.max_inference_rows} one request accepts "
@@ -44,7 +50,7 @@ def rows_of(version: ModelVersion, body: Rows, settings: Settings) -> np.ndarray
             )
         X, _ = records_to_array(body.records, feature_names=version.feature_names, loc=["records"])
         return X
-    X = instances_to_array(body.instances or [], loc=["instances"])
+    X = rows if rows is not None else instances_to_array(body.instances or [], loc=["instances"])
     if X.shape[1] != version.n_features:
         raise InvalidInput(
             f"rows have {X.shape[1]} features; {version.label} was trained on {version.n_features}",
@@ -147,6 +153,7 @@ async def perform(
     operation: str,
     body: InferenceRequest | SampleRequest | None,
     settings: Settings,
+    rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Run ``operation``. Work on a model already in memory whose size (rows x the model's
     per-row cost) is within ``settings.inline_work_limit`` runs on the event loop: the hop to a
@@ -164,15 +171,15 @@ async def perform(
                 "(LLOYD_MAX_SAMPLE_ROWS)",
                 at=["body", "n_samples"],
             )
-        X, rows = None, body.n_samples
+        X, count = None, body.n_samples
     else:
         assert isinstance(body, Rows)
-        X = rows_of(version, body, settings)
-        rows = len(X)
+        X = rows_of(version, body, settings, rows)
+        count = len(X)
     model = registry.cached(version)
     # An explanation scores the rows once more per feature.
     passes = version.n_features + 1 if getattr(body, "explain", False) else 1
-    if model is not None and rows * passes * model.cost_per_row <= settings.inline_work_limit:
+    if model is not None and count * passes * model.cost_per_row <= settings.inline_work_limit:
         return answer | compute(model, version, operation, X, body)
 
     def in_thread() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from app.observability import ServiceMetrics
 from app.registry.job_store import JobRecord, JobStore
 from app.registry.model_registry import ModelRegistry
 from app.services.fitting_tasks import fit_candidate, fit_errors
-from app.services.training import PreparedTraining, new_version, prepare, refuse_nul
+from app.services.training import PreparedTraining, check_text, new_version, prepare
 from app.settings import Settings
 
 
@@ -46,6 +46,15 @@ def start_selection(
         raise InvalidInput(
             f"model selection supports {', '.join(SELECTABLE)}; not {spec.algorithm!r}",
             at=["body", "algorithm"],
+        )
+    if spec.register_best is not None:
+        best = spec.register_best
+        check_text(
+            name=best.name,
+            description=best.description,
+            tags=best.tags,
+            settings=settings,
+            at=["body", "register"],
         )
     prepared = prepare(_as_training(spec), settings)
     algorithm = prepared.algorithm
@@ -98,9 +107,6 @@ def start_selection(
                     f"curve: the grid needs at least 3 values of {algorithm.n_clusters_param}",
                     at=["body", "register", "criterion"],
                 )
-        refuse_nul(register.description or "", ["body", "register", "description"])
-        for key, value in register.tags.items():
-            refuse_nul(key + value, ["body", "register", "tags", key])
     job = jobs.create(
         kind="model_selection",
         model_name=register.name if register else None,

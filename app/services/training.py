@@ -55,20 +55,65 @@ def refuse_nul(text: str, at: list[str | int]) -> None:
         raise InvalidInput("text must not contain the NUL character (\\u0000)", at=at)
 
 
-def training_matrix(spec: TrainRequest, settings: Settings) -> tuple[np.ndarray, list[str] | None]:
-    """The training rows and their feature names, checked against each other and the limits."""
-    if spec.data.records is not None:
-        X, names = records_to_array(
-            spec.data.records, feature_names=spec.feature_names, loc=["data", "records"]
+def check_text(
+    *,
+    name: str,
+    description: str | None,
+    tags: dict[str, str],
+    settings: Settings,
+    at: list[str | int],
+) -> None:
+    """The configured limits on what a version stores as text (the schema's are the ceilings);
+    NUL refused everywhere."""
+    if len(name) > settings.max_name_length:
+        raise InvalidInput(
+            f"the name has {len(name)} characters; at most {settings.max_name_length} "
+            "(LLOYD_MAX_NAME_LENGTH)",
+            at=[*at, "name"],
         )
-    else:
-        X = instances_to_array(spec.data.instances or [], loc=["data", "instances"])
+    description = description or ""
+    if len(description) > settings.max_description_length:
+        raise InvalidInput(
+            f"the description has {len(description)} characters; at most "
+            f"{settings.max_description_length} (LLOYD_MAX_DESCRIPTION_LENGTH)",
+            at=[*at, "description"],
+        )
+    refuse_nul(description, [*at, "description"])
+    if len(tags) > settings.max_tags:
+        raise InvalidInput(
+            f"{len(tags)} tags; at most {settings.max_tags} (LLOYD_MAX_TAGS)", at=[*at, "tags"]
+        )
+    for key, value in tags.items():
+        if len(value) > settings.max_tag_length:
+            raise InvalidInput(
+                f"tag {key!r} has {len(value)} characters; at most {settings.max_tag_length} "
+                "(LLOYD_MAX_TAG_LENGTH)",
+                at=[*at, "tags", key],
+            )
+        refuse_nul(key + value, [*at, "tags", key])
+
+
+def training_matrix(
+    spec: TrainRequest, settings: Settings, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str] | None]:
+    """The training rows (``rows`` when the request parser already read them from a ``.npy``
+    body) and their feature names, checked against each other and the limits."""
+    if rows is not None or spec.data.records is None:
+        X = (
+            rows
+            if rows is not None
+            else instances_to_array(spec.data.instances or [], loc=["data", "instances"])
+        )
         names = spec.feature_names
         if names is not None and len(names) != X.shape[1]:
             raise InvalidInput(
                 f"{len(names)} feature_names for rows of {X.shape[1]} values",
                 at=["body", "feature_names"],
             )
+    else:
+        X, names = records_to_array(
+            spec.data.records, feature_names=spec.feature_names, loc=["data", "records"]
+        )
     if names is not None and len(set(names)) != len(names):
         raise InvalidInput(
             "feature_names must be unique",
@@ -95,13 +140,19 @@ class PreparedTraining:
     preprocessing: list[dict[str, Any]]
 
 
-def prepare(spec: TrainRequest, settings: Settings) -> PreparedTraining:
+def prepare(
+    spec: TrainRequest, settings: Settings, rows: np.ndarray | None = None
+) -> PreparedTraining:
     """Every check that needs no fit: algorithm, hyperparameters, preprocessing, rows, text."""
     algorithm = resolve_algorithm(spec.algorithm)
-    X, feature_names = training_matrix(spec, settings)
-    refuse_nul(spec.description or "", ["body", "description"])
-    for key, value in spec.tags.items():
-        refuse_nul(key + value, ["body", "tags", key])
+    X, feature_names = training_matrix(spec, settings, rows)
+    check_text(
+        name=spec.name,
+        description=spec.description,
+        tags=spec.tags,
+        settings=settings,
+        at=["body"],
+    )
     preprocessing = [step.model_dump() for step in spec.preprocessing]
     with fit_errors(algorithm.name):
         algorithm.build(spec.params)
@@ -141,11 +192,13 @@ def start_training(
     spec: TrainRequest,
     settings: Settings,
     metrics: ServiceMetrics,
+    rows: np.ndarray | None = None,
 ) -> tuple[JobRecord, JobHandle]:
     """Check ``spec``, then fit it in a worker process as a job whose result is the next version
-    of ``spec.name``. Returns at once; the handle's ``done`` is set when the job ends."""
+    of ``spec.name``. Returns at once; the handle's ``done`` is set when the job ends. ``rows``:
+    the training rows when they came as a ``.npy`` body (``spec.data`` is then empty)."""
     try:
-        prepared = prepare(spec, settings)
+        prepared = prepare(spec, settings, rows)
     except LloydError:
         if spec.algorithm in ALGORITHMS:
             metrics.trainings.labels(spec.algorithm, "failed").inc()
@@ -177,6 +230,8 @@ def start_training(
         },
     )
 
+    outcome: dict[str, Any] = {}
+
     def finish(results: list[FitResult]) -> dict[str, Any]:
         result = results[0]
         metrics.training_duration.labels(algorithm).observe(result.training_seconds)
@@ -185,9 +240,10 @@ def start_training(
             new_version(prepared, result, description=spec.description, tags=spec.tags),
             result.model,
         )
+        outcome["version"] = version
         return {"model": version.name, "version": version.version}
 
     def done(status: str) -> None:
         metrics.trainings.labels(algorithm, status).inc()
 
-    return job, runner.submit(job, [task], finish, on_done=done)
+    return job, runner.submit(job, [task], finish, on_done=done, outcome=outcome)

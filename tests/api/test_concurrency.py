@@ -36,3 +36,38 @@ def test_concurrent_trainings_of_one_name_get_versions_1_to_6(client, settings):
     rows = {"instances": BLOBS[:3].tolist()}
     for version in range(1, TRAININGS + 1):
         assert call(client, "line-7", "predict", rows, version).status_code == 200
+
+
+def test_a_training_whose_model_is_deleted_meanwhile_still_answers_its_201(client, monkeypatch):
+    """The 201 carries the version as registered: a delete landing between the registration and
+    the answer does not turn a successful training into a 404."""
+    registry = client.app.state.registry
+    register = registry.register
+
+    def register_then_deleted(name, new, model):
+        version = register(name, new, model)
+        registry.delete_model(name)  # a concurrent DELETE /v1/models/{name}
+        return version
+
+    monkeypatch.setattr(registry, "register", register_then_deleted)
+    response = client.post("/v1/models", json=training_body(name="gone"))
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "gone" and response.json()["version"] == 1
+    assert client.get("/v1/models/gone").status_code == 404
+
+
+def test_a_predict_racing_a_delete_answers_404_not_a_damaged_store(client, monkeypatch):
+    call_ok = client.post("/v1/models", json=training_body(name="race"))
+    assert call_ok.status_code == 201
+    registry = client.app.state.registry
+    registry.cache.evict(lambda key: True)
+    load = registry.load
+
+    def load_after_a_delete(version):
+        registry.delete_version(version.name, version.version)  # lands after the lookup
+        return load(version)
+
+    monkeypatch.setattr(registry, "load", load_after_a_delete)
+    response = call(client, "race", "predict", {"instances": BLOBS[:2].tolist()})
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] in ("version_not_found", "model_not_found")

@@ -47,6 +47,8 @@ VERSION_KEYS = {
     "operations",
     "artifact",
     "library_versions",
+    "serving_library_versions",
+    "version_drift",
     "training_seconds",
     "created_at",
     "description",

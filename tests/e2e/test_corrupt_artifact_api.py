@@ -107,3 +107,41 @@ def test_missing_artifact_answers_409(client, settings, two_models):
             "name": "line-7",
             "deleted_versions": [1],
         }
+
+
+@pytest.mark.parametrize("damage", ["other_model", "truncated", "emptied"])
+def test_tampered_artifact_answers_409_and_others_still_predict(
+    client, settings, two_models, damage
+):
+    """A file swapped for another model's valid artifact (it would unpickle and answer), cut
+    short or emptied: 409 artifact_integrity at every address that loads it, never a 500."""
+    kmeans, mixture = two_models
+    mixture_labels = predict(client, "line-8").json()["labels"]
+    path = artifact_file(settings, kmeans["artifact"]["sha256"])
+    data = path.read_bytes()
+    if damage == "other_model":
+        path.write_bytes(artifact_file(settings, mixture["artifact"]["sha256"]).read_bytes())
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(b"")
+
+    with TestClient(create_app(settings)) as fresh:
+        for response in (
+            predict(fresh, "line-7"),
+            fresh.post("/v1/models/line-7/versions/1/transform", json={"instances": ROWS}),
+            fresh.post("/v1/models/line-7/anomalies", json={"instances": ROWS}),
+            fresh.get("/v1/models/line-7/versions/1/parameters"),
+        ):
+            assert response.status_code == 409, response.text
+            assert response.headers["content-type"] == PROBLEM
+            problem = response.json()
+            assert problem["code"] == "artifact_integrity"
+            assert "does not match its recorded sha256" in problem["detail"]
+            assert problem["expected_sha256"] == kmeans["artifact"]["sha256"]
+            assert problem["actual_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+        other = predict(fresh, "line-8")
+        assert other.status_code == 200
+        assert other.json()["labels"] == mixture_labels
+        assert fresh.get("/v1/models/line-7/versions/1").json() == kmeans

@@ -4,24 +4,23 @@ with their results."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from tests.e2e.test_server_restart import (
-    REPO_ROOT,
-    STARTUP_TIMEOUT_SECONDS,
+from tests.e2e.server import (
     free_port,
+    group_alive,
+    kill_group,
+    running_process,
     server_env,
     uvicorn_command,
 )
@@ -48,62 +47,17 @@ SLOW_TRAINING = {
 }
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the group is still there (zombies waiting to be reaped aside)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with suppress(FileNotFoundError, ProcessLookupError):
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
-
-
 @contextmanager
 def server(tmp_path: Path, log: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
-    """The server in a session of its own (it, its forkserver and its workers share one process
-    group); a client of it once /healthz answers. The whole group is SIGKILLed on the way out."""
+    """The server and a client of it once /healthz answers; the server's whole process group
+    (it, its forkserver and its workers) is SIGKILLed on the way out."""
     port = free_port()
     env = server_env(f"sqlite:///{tmp_path / 'lloyd.db'}", tmp_path / "store")
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            uvicorn_command(port),
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
-                with suppress(httpx.TransportError):
-                    if http.get("/healthz", timeout=1.0).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not healthy in time:\n{log.read_text()}")
-                time.sleep(0.1)
-            try:
-                yield http, process
-            except BaseException:
-                print(f"server log:\n{log.read_text()}")
-                raise
-    finally:
-        kill_group(process)
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the server's process group (server, forkserver, workers) and reap the server."""
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with (
+        running_process(uvicorn_command(port), env, port, log) as (process, base_url),
+        httpx.Client(base_url=base_url, timeout=60) as http,
+    ):
+        yield http, process
 
 
 def poll(http: httpx.Client, job_id: str, statuses: tuple[str, ...]) -> dict[str, Any]:

@@ -3,97 +3,33 @@ database and store (with uvicorn, then with ``python -m app``) and get the same 
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 from sklearn.datasets import make_blobs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT_SECONDS = 30.0
+from tests.e2e.server import free_port, running_process, server_env, uvicorn_command
 
 X, _ = make_blobs(n_samples=80, n_features=2, centers=3, cluster_std=0.5, random_state=11)
 ROWS = X.tolist()
 PROBE = [[0.0, 0.0], [5.0, -5.0], [-8.0, 8.0], *ROWS[:10]]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def server_env(database_url: str, store: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLOYD_")}
-    return env | {
-        "LLOYD_DATABASE_URL": database_url,
-        "LLOYD_MODELS_STORE": str(store),
-        "LLOYD_LOG_LEVEL": "info",
-        "PYTHONUNBUFFERED": "1",
-        **extra,
-    }
-
-
 @contextmanager
 def running_server(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
     """Start ``command``, wait for /healthz, yield the base URL; SIGTERM it on the way out and
     check it stopped cleanly. The process is killed whatever happens."""
-    base_url = f"http://127.0.0.1:{port}"
     start = log.stat().st_size if log.exists() else 0
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            command, env=env, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"server not healthy after {STARTUP_TIMEOUT_SECONDS} s:\n{log.read_text()}"
-                )
-            time.sleep(0.1)
-        try:
-            yield base_url
-        except BaseException:
-            print(f"server log:\n{log.read_text()}")  # shown by pytest with the failure
-            raise
+    with running_process(command, env, port, log) as (process, base_url):
+        yield base_url
         process.send_signal(signal.SIGTERM)
         # Uvicorn shuts down gracefully, then re-raises the signal it caught.
         assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
         assert "Application shutdown complete" in log.read_text()[start:], log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-
-
-def uvicorn_command(port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "app.main:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
 
 
 def snapshot(http: httpx.Client) -> dict[str, object]:

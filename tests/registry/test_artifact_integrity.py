@@ -139,3 +139,36 @@ def test_a_corrupted_version_does_not_affect_the_others(
     with pytest.raises(ArtifactIntegrityError):
         fresh.load(bad)
     assert (fresh.load(good).predict(points) == trained(n_clusters=2).model.predict(points)).all()
+
+
+def test_artifact_replaced_by_another_valid_model_is_refused(
+    registry, engine, store_root, trained, points
+):
+    """A well-formed joblib file of another model would unpickle and answer; only the sha256
+    tells it apart, and it is refused without being loaded."""
+    two = registry.register("line-7", trained(n_clusters=2).new, trained(n_clusters=2).model)
+    four = registry.register("line-8", trained(n_clusters=4).new, trained(n_clusters=4).model)
+    (store_root / two.artifact_path).write_bytes((store_root / four.artifact_path).read_bytes())
+
+    fresh = fresh_registry(engine, store_root)
+    with pytest.raises(ArtifactIntegrityError, match="does not match its recorded sha256") as info:
+        fresh.load(fresh.get_version("line-7", 1))
+    assert info.value.extra["actual_sha256"] == four.artifact_sha256
+    assert len(fresh.cache) == 0
+    loaded = fresh.load(fresh.get_version("line-8", 1))
+    assert (loaded.predict(points) == trained(n_clusters=4).model.predict(points)).all()
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0], ids=["truncated", "emptied"])
+def test_truncated_artifact_is_refused(registry, engine, store_root, trained, keep):
+    version = registry.register("line-7", trained().new, trained().model)
+    path = store_root / version.artifact_path
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+    fresh = fresh_registry(engine, store_root)
+    with pytest.raises(ArtifactIntegrityError, match="does not match its recorded sha256"):
+        fresh.load(fresh.get_version("line-7", 1))
+    # Put back, the very same file loads again: nothing about the refusal was remembered.
+    path.write_bytes(data)
+    assert fresh.load(fresh.get_version("line-7", 1)) is not None

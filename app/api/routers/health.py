@@ -4,6 +4,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import ANY_KEY, AUTH_ERRORS
 from app.api.deps import MetricsDep, RegistryDep
 from app.api.responses import FastJSONResponse
 
@@ -28,8 +29,14 @@ async def readyz(registry: RegistryDep) -> Response:
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[ANY_KEY],
+    responses={401: AUTH_ERRORS[401]},
+)
 async def metrics(service_metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests and latency by route and status, trainings and their
-    duration, model cache hits, misses and size."""
+    duration, model cache hits, misses and size. Needs any valid API key when
+    LLOYD_METRICS_REQUIRE_KEY is on."""
     return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from app.api.auth import READ, WRITE
 from app.api.deps import ModelVersionDep, NamePath, RegistryDep
 from app.api.documents import model_out, version_out
 from app.api.schemas import (
@@ -31,27 +32,29 @@ AliasPath = Annotated[
 ]
 
 
-@router.get("", response_model=ModelPage)
+@router.get("", response_model=ModelPage, dependencies=[READ])
 def list_models(registry: RegistryDep, offset: Offset = 0, limit: Limit = 50) -> ModelPage:
     """List models by name, a page at a time."""
     items, total = registry.list_models(offset=offset, limit=limit)
     return ModelPage(items=[model_out(m) for m in items], total=total, offset=offset, limit=limit)
 
 
-@router.get("/{name}", response_model=ModelOut, responses=NOT_FOUND)
+@router.get("/{name}", response_model=ModelOut, responses=NOT_FOUND, dependencies=[READ])
 def get_model(name: NamePath, registry: RegistryDep) -> ModelOut:
     """A model: its latest version, number of versions and aliases."""
     return model_out(registry.get_model(name))
 
 
-@router.delete("/{name}", response_model=DeletedOut, responses=NOT_FOUND)
+@router.delete("/{name}", response_model=DeletedOut, responses=NOT_FOUND, dependencies=[WRITE])
 def delete_model(name: NamePath, registry: RegistryDep) -> DeletedOut:
     """Delete a model with every version, alias and artifact of it."""
     deleted = registry.delete_model(name)
     return DeletedOut(name=name, deleted_versions=[v.version for v in deleted])
 
 
-@router.get("/{name}/versions", response_model=VersionPage, responses=NOT_FOUND)
+@router.get(
+    "/{name}/versions", response_model=VersionPage, responses=NOT_FOUND, dependencies=[READ]
+)
 def list_versions(
     name: NamePath, registry: RegistryDep, offset: Offset = 0, limit: Limit = 50
 ) -> VersionPage:
@@ -62,13 +65,23 @@ def list_versions(
     )
 
 
-@router.get("/{name}/versions/{version}", response_model=VersionOut, responses=NOT_FOUND)
+@router.get(
+    "/{name}/versions/{version}",
+    response_model=VersionOut,
+    responses=NOT_FOUND,
+    dependencies=[READ],
+)
 def get_version(version: ModelVersionDep) -> VersionOut:
     """One version: hyperparameters, metrics, anomaly threshold, artifact and library versions."""
     return version_out(version)
 
 
-@router.delete("/{name}/versions/{version}", response_model=DeletedOut, responses=NOT_FOUND)
+@router.delete(
+    "/{name}/versions/{version}",
+    response_model=DeletedOut,
+    responses=NOT_FOUND,
+    dependencies=[WRITE],
+)
 def delete_version(version: ModelVersionDep, registry: RegistryDep) -> DeletedOut:
     """Delete one version, its aliases and its artifact. Other versions keep their numbers."""
     deleted = registry.delete_version(version.name, version.version)
@@ -78,7 +91,15 @@ def delete_version(version: ModelVersionDep, registry: RegistryDep) -> DeletedOu
 @router.get(
     "/{name}/versions/{version}/parameters",
     response_model=ParametersOut,
-    responses={**NOT_FOUND, 409: {"model": Problem, "description": "Artifact failed its check."}},
+    responses={
+        **NOT_FOUND,
+        409: {
+            "model": Problem,
+            "description": "Artifact failed its check (`artifact_integrity`), or was written by "
+            "other library versions (`version_drift`).",
+        },
+    },
+    dependencies=[READ],
 )
 def get_parameters(version: ModelVersionDep, registry: RegistryDep) -> ParametersOut:
     """The fitted parameters: centroids; weights, means and covariances; core sample count;
@@ -96,6 +117,7 @@ def get_parameters(version: ModelVersionDep, registry: RegistryDep) -> Parameter
     "/{name}/aliases/{alias}",
     response_model=VersionOut,
     responses={**NOT_FOUND, 422: {"model": Problem, "description": "Invalid alias."}},
+    dependencies=[WRITE],
 )
 def set_alias(
     name: NamePath, alias: AliasPath, body: AliasRequest, registry: RegistryDep
@@ -104,7 +126,9 @@ def set_alias(
     return version_out(registry.set_alias(name, alias, body.version))
 
 
-@router.delete("/{name}/aliases/{alias}", status_code=204, responses=NOT_FOUND)
+@router.delete(
+    "/{name}/aliases/{alias}", status_code=204, responses=NOT_FOUND, dependencies=[WRITE]
+)
 def delete_alias(name: NamePath, alias: AliasPath, registry: RegistryDep) -> None:
     """Remove an alias; the version it pointed at stays."""
     registry.delete_alias(name, alias)

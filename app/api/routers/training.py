@@ -1,12 +1,14 @@
 """Training router: create model versions, and model selection over a grid."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from app.api.bodies import parse_rows_body
 from app.api.deps import JobStoreDep, MetricsDep, RegistryDep, RunnerDep, SettingsDep
 from app.api.documents import job_out, version_out
+from app.api.operation_routes import LLOYD_REQUEST_HEADER, rows_request_body
 from app.api.responses import FastJSONResponse
 from app.api.schemas import (
     JobOut,
@@ -34,6 +36,7 @@ ACCEPTED = {
 TRAINING_ERRORS = {
     409: {"model": Problem, "description": "The job was cancelled while the client waited."},
     413: {"model": Problem, "description": "Too many rows x features, or body too large."},
+    415: {"model": Problem, "description": "A body neither JSON nor `.npy`."},
     422: {"model": Problem, "description": "Invalid data, algorithm or hyperparameter."},
     500: {"model": Problem, "description": "The job failed: time limit, or a worker died."},
 }
@@ -64,9 +67,13 @@ async def finished(
     status_code=201,
     response_model=VersionOut,
     responses={**ACCEPTED, **TRAINING_ERRORS},
+    openapi_extra={
+        "requestBody": rows_request_body(TrainRequest, optional=False),
+        "parameters": [LLOYD_REQUEST_HEADER],
+    },
 )
 async def train_model(
-    spec: TrainRequest,
+    request: Request,
     registry: RegistryDep,
     jobs: JobStoreDep,
     runner: RunnerDep,
@@ -80,7 +87,13 @@ async def train_model(
     a worker process, as a job. Answers 201 with the version document once the artifact and its
     metadata are both stored, or 202 with the job (`wait: false`, or a fit longer than
     LLOYD_SYNC_TIMEOUT_SECONDS).
+
+    The rows may also be sent as a `.npy` array (`Content-Type: application/x-npy`), with
+    every other field, as JSON, in the `Lloyd-Request` header.
     """
+    parsed = await parse_rows_body(request, TrainRequest)
+    spec = parsed.fields
+    assert spec is not None
     job, handle = await run_in_threadpool(
         lambda: training.start_training(
             registry=registry,
@@ -89,15 +102,14 @@ async def train_model(
             spec=spec,
             settings=settings,
             metrics=metrics,
+            rows=parsed.rows,
         )
     )
     job = await finished(job, handle, wait=spec.wait, jobs=jobs, settings=settings)
     if not job_service.is_success(job):
         return accepted(job)
-    assert job.result is not None
-    version = await run_in_threadpool(
-        registry.get_version, job.result["model"], job.result["version"]
-    )
+    # The version as registered: reading it back could race a delete of the model.
+    version = handle.outcome["version"]
     return JSONResponse(
         version_out(version).model_dump(mode="json"),
         status_code=201,

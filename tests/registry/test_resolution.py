@@ -1,0 +1,120 @@
+"""Resolved versions reused without a query until any registry write, in this process or in
+another one sharing the store; deletes racing reads answer 404, never a damaged store."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from app.errors import ArtifactIntegrityError, ModelNotFound, VersionNotFound
+from app.registry.artifacts import ArtifactStore
+from app.registry.cache import ModelCache
+from app.registry.model_registry import ModelRegistry
+
+
+def caching(engine: sa.Engine, store_root, max_age: float = 60.0) -> ModelRegistry:
+    return ModelRegistry(
+        engine, ArtifactStore(store_root), ModelCache(0), resolution_max_age_seconds=max_age
+    )
+
+
+def queries(engine: sa.Engine) -> list[str]:
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    return seen
+
+
+def test_a_resolution_is_reused_until_a_write(engine, store_root, trained) -> None:
+    registry = caching(engine, store_root)
+    registry.register("m", trained().new, trained().model)
+    first = registry.get_version("m", "latest")
+    seen = queries(engine)
+    assert registry.resolved("m", "latest") == first
+    assert registry.resolved("m", "1") is None  # never looked up under this ref
+    assert seen == []
+    registry.register("m", trained(seed=1).new, trained(seed=1).model)
+    assert registry.resolved("m", "latest") is None
+    assert registry.get_version("m", "latest").version == 2
+
+
+@pytest.mark.parametrize("write", ["delete_version", "delete_model", "set_alias", "delete_alias"])
+def test_every_write_drops_resolutions(engine, store_root, trained, write) -> None:
+    registry = caching(engine, store_root)
+    registry.register("m", trained().new, trained().model)
+    registry.register("m", trained(seed=1).new, trained(seed=1).model)
+    registry.set_alias("m", "prod", 1)
+    for ref in ("latest", "1", "2", "prod"):
+        registry.get_version("m", ref)
+    {
+        "delete_version": lambda: registry.delete_version("m", 2),
+        "delete_model": lambda: registry.delete_model("m"),
+        "set_alias": lambda: registry.set_alias("m", "prod", 2),
+        "delete_alias": lambda: registry.delete_alias("m", "prod"),
+    }[write]()
+    assert all(registry.resolved("m", ref) is None for ref in ("latest", "1", "2", "prod"))
+
+
+def test_another_process_sharing_the_store_sees_a_delete_at_once(
+    engine, store_root, trained
+) -> None:
+    # Two registries on one store and database stand for two processes (uvicorn workers).
+    serving, deleting = caching(engine, store_root), caching(engine, store_root)
+    serving.register("m", trained().new, trained().model)
+    assert serving.get_version("m", "1").version == 1
+    assert serving.resolved("m", "1") is not None
+    deleting.delete_version("m", 1)
+    assert serving.resolved("m", "1") is None
+    with pytest.raises(VersionNotFound):
+        serving.get_version("m", "1")
+    deleting.delete_model("m")
+    with pytest.raises(ModelNotFound):
+        serving.get_version("m", "latest")
+
+
+def test_resolutions_expire(engine, store_root, trained) -> None:
+    registry = caching(engine, store_root, max_age=0.05)
+    registry.register("m", trained().new, trained().model)
+    registry.get_version("m", "latest")
+    assert registry.resolved("m", "latest") is not None
+    time.sleep(0.1)
+    assert registry.resolved("m", "latest") is None
+
+
+def test_age_zero_turns_the_cache_off(engine, store_root, trained) -> None:
+    registry = caching(engine, store_root, max_age=0)
+    registry.register("m", trained().new, trained().model)
+    registry.get_version("m", "latest")
+    assert registry.resolved("m", "latest") is None
+
+
+def test_a_load_racing_a_delete_is_a_404(engine, store_root, trained) -> None:
+    registry = caching(engine, store_root)
+    registry.register("m", trained().new, trained().model)
+    registry.register("m", trained(seed=1).new, trained(seed=1).model)
+    record = registry.get_version("m", "1")  # a request resolved it ...
+    registry.delete_version("m", 1)  # ... then a delete committed and removed the file
+    with pytest.raises(VersionNotFound):
+        registry.load(record)
+
+
+def test_a_load_racing_a_model_delete_and_recreate_is_a_404(engine, store_root, trained) -> None:
+    registry = caching(engine, store_root)
+    registry.register("m", trained().new, trained().model)
+    record = registry.get_version("m", "1")
+    registry.delete_model("m")
+    registry.register("m", trained(seed=3).new, trained(seed=3).model)  # a new version 1
+    with pytest.raises(VersionNotFound):
+        registry.load(record)
+
+
+def test_a_file_missing_under_a_live_row_is_still_an_integrity_error(
+    engine, store_root, trained
+) -> None:
+    registry = caching(engine, store_root)
+    version = registry.register("m", trained().new, trained().model)
+    registry.cache.evict(lambda key: True)
+    (registry.store.root / version.artifact_path).unlink()
+    with pytest.raises(ArtifactIntegrityError):
+        registry.load(version)
