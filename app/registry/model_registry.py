@@ -79,7 +79,7 @@ class ModelRegistry:
         self.store = store
         self.cache = cache
         self.resolutions = ResolutionCache(
-            RegistryStamp(store.root / "registry.stamp"),
+            RegistryStamp(store.root / "registry.stamp", temp_dir=store.folder),
             max_age_seconds=resolution_max_age_seconds,
         )
         self.allow_version_drift = allow_version_drift
@@ -252,21 +252,25 @@ class ModelRegistry:
         artifact is removed, so neither exists without the other."""
         artifact = self.store.write(self.store.serialize(model))
         try:
-            for attempt in range(ALLOCATION_ATTEMPTS):
-                try:
-                    version = self._insert_version(name, new, artifact)
-                    self.resolutions.changed()
-                    # The freshly fitted model is the likeliest to be asked for next.
-                    self.cache.put(version.cache_key, model)
-                    return version
-                except IntegrityError as exc:
-                    if not _lost_allocation_race(exc):
-                        raise
-                    log.debug("version allocation for %r lost a race (attempt %d)", name, attempt)
-            raise RuntimeError(f"could not allocate a version of {name!r}")
+            version = self._allocate(name, new, artifact)
         except BaseException:
             self.store.delete(artifact.path)
             raise
+        # Committed: nothing below may remove the artifact, whatever fails.
+        self.resolutions.changed()
+        # The freshly fitted model is the likeliest to be asked for next.
+        self.cache.put(version.cache_key, model)
+        return version
+
+    def _allocate(self, name: str, new: NewVersion, artifact) -> ModelVersion:
+        for attempt in range(ALLOCATION_ATTEMPTS):
+            try:
+                return self._insert_version(name, new, artifact)
+            except IntegrityError as exc:
+                if not _lost_allocation_race(exc):
+                    raise
+                log.debug("version allocation for %r lost a race (attempt %d)", name, attempt)
+        raise RuntimeError(f"could not allocate a version of {name!r}")
 
     def _insert_version(self, name: str, new: NewVersion, artifact) -> ModelVersion:
         with self._writing() as session:

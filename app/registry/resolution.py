@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from app.registry.artifacts import TEMP_PREFIX
 from app.registry.records import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ class RegistryStamp:
     """A file replaced (never rewritten in place) on every registry write: its inode, time
     and size identify the registry's state."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, temp_dir: Path) -> None:
         self.path = path
+        # Written among the artifacts' temporary files, so that one left by a crash is swept.
+        self.temp_dir = temp_dir
 
     def read(self) -> Stamp:
         try:
@@ -45,7 +48,7 @@ class RegistryStamp:
     def bump(self) -> None:
         # A random length too, so that two stamps never look alike even if an inode is reused
         # within the file system's time resolution.
-        fd, temp = tempfile.mkstemp(prefix=".stamp-", dir=self.path.parent)
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.temp_dir)
         with os.fdopen(fd, "wb") as handle:
             handle.write(secrets.token_bytes(1 + secrets.randbelow(64)))
         os.replace(temp, self.path)

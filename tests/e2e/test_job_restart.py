@@ -138,4 +138,4 @@ def assert_slow_left_nothing(http: httpx.Client, tmp_path: Path, files_before: l
     assert http.get("/v1/models/slow").status_code == 404
     files = sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert files == files_before
-    assert len([f for f in files if not f.startswith(".")]) == 1, files  # quick's artifact only
+    assert len([f for f in files if f.endswith(".joblib")]) == 1, files  # quick's artifact only
