@@ -94,7 +94,7 @@ def request_fields(header: str | None) -> dict[str, Any]:
     if header is None or not header.strip():
         return {}
     try:
-        fields = orjson.loads(header)
+        fields = orjson.loads(header.encode("latin-1"))  # the bytes sent, read as UTF-8
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(
             f"the Lloyd-Request header is not JSON ({exc})", at=["header", "lloyd-request"]
@@ -108,7 +108,7 @@ def request_fields(header: str | None) -> dict[str, Any]:
 
 def wants_npy(accept: str | None) -> bool:
     """Whether the client prefers ``.npy`` over JSON (by ``Accept`` q-values; JSON on a tie)."""
-    if not accept or NPY_MEDIA_TYPE not in accept:
+    if not accept or NPY_MEDIA_TYPE not in accept.lower():
         return False
     best: dict[str, float] = {}
     for item in accept.split(","):

@@ -32,6 +32,9 @@ class ParsedBody(Generic[M]):
 
     fields: M | None
     rows: np.ndarray | None = None
+    # Where the rows sit in the request, for error locations: ["instances"] in JSON, [] when
+    # the body is the .npy array itself.
+    rows_at: tuple[str, ...] = ("instances",)
 
 
 def _invalid(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> RequestValidationError:
@@ -91,7 +94,7 @@ async def parse_rows_body(
     if not _is_json(media):
         accepted = "application/json" + (f" or {NPY_MEDIA_TYPE}" if takes_rows else "")
         raise UnsupportedMediaType(f"the body must be {accepted}, not {media!r}")
-    if not raw.strip():
+    if not raw.strip() or (optional and raw.strip() == b"null"):
         if optional:
             return ParsedBody(None)
         raise RequestValidationError(
@@ -132,4 +135,4 @@ def _binary(request: Request, model: type[M], raw: bytes) -> ParsedBody[M]:
         parsed = model.model_validate_json(orjson.dumps(fields | {rows_field: empty}))
     except ValidationError as exc:
         raise _invalid(exc, ("header", REQUEST_HEADER)) from None
-    return ParsedBody(parsed, X)
+    return ParsedBody(parsed, X, rows_at=())

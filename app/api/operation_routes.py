@@ -105,6 +105,7 @@ def add_operation(
             operation=operation,
             body=parsed.fields,
             rows=parsed.rows,
+            rows_at=parsed.rows_at,
             settings=settings,
         )
         if wants_npy(request.headers.get("accept")):

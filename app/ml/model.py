@@ -13,6 +13,7 @@ from sklearn.pipeline import Pipeline
 from app.ml.anomaly import AnomalyThreshold
 from app.ml.dbscan_knn import DBSCANKNN
 from app.ml.exceptions import InferenceInputError
+from app.ml.fast_inference import FastInference, compile_fast
 
 
 @dataclass(eq=False)
@@ -31,15 +32,48 @@ class FittedModel:
     # explanations. None in artifacts written before explanations existed.
     training_medians: np.ndarray | None = None
 
+    # -- exact fast inference (app.ml.fast_inference): built on load, never stored -----------------
+    def __post_init__(self) -> None:
+        self._compile_fast()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_fast_estimator", None)
+        state.pop("_fast_preprocessor", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._compile_fast()
+
+    def _compile_fast(self) -> None:
+        self._fast_estimator = compile_fast(self.estimator)
+        self._fast_preprocessor = (
+            compile_fast(self.preprocessor) if self.preprocessor is not None else None
+        )
+
     # -- input ---------------------------------------------------------------------------------
     def model_space(self, X: np.ndarray) -> np.ndarray:
         """``X`` checked for width and passed through the preprocessing."""
+        return self._prepared(X)[1]
+
+    def _prepared(self, X: np.ndarray) -> tuple[FastInference | None, np.ndarray]:
+        """The fast estimator, when the rows may take it, and the rows in model space. The fast
+        path needs finite float64 rows (the API guarantees them); anything else takes
+        scikit-learn's, with its own checks and errors."""
         if X.ndim != 2 or X.shape[1] != self.n_features_in:
             width = X.shape[1] if X.ndim == 2 else "?"
             raise InferenceInputError(
                 f"rows have {width} features; this model was trained on {self.n_features_in}"
             )
-        return self.preprocessor.transform(X) if self.preprocessor is not None else X
+        fast = self._fast_estimator
+        if fast is not None and X.dtype == np.float64 and np.isfinite(X).all():
+            X = np.ascontiguousarray(X)
+            if self.preprocessor is None:
+                return fast, X
+            if self._fast_preprocessor is not None:
+                return fast, self._fast_preprocessor.transform(X)
+        return None, self.preprocessor.transform(X) if self.preprocessor is not None else X
 
     @property
     def cost_per_row(self) -> int:
@@ -63,29 +97,38 @@ class FittedModel:
         return d * d
 
     # -- operations ----------------------------------------------------------------------------
+    # Each operation takes the exact fast path where there is one (k-means and mixtures; equal
+    # to scikit-learn's answers bit for bit), else scikit-learn itself.
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.estimator.predict(self.model_space(X))
+        fast, Xt = self._prepared(X)
+        return (fast or self.estimator).predict(Xt)
 
     def predict_proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (rows x classes) and the class label of each column."""
-        proba = self.estimator.predict_proba(self.model_space(X))
+        fast, Xt = self._prepared(X)
+        proba = (fast or self.estimator).predict_proba(Xt)
         classes = getattr(self.estimator, "classes_", np.arange(proba.shape[1]))
         return proba, np.asarray(classes)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return self.estimator.transform(self.model_space(X))
+        fast, Xt = self._prepared(X)
+        return (fast or self.estimator).transform(Xt)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
-        return self.estimator.score_samples(self.model_space(X))
+        fast, Xt = self._prepared(X)
+        return (fast or self.estimator).score_samples(Xt)
 
     def score(self, X: np.ndarray) -> float:
-        return float(self.estimator.score(self.model_space(X)))
+        fast, Xt = self._prepared(X)
+        return float((fast or self.estimator).score(Xt))
 
-    def anomaly_scores_in_model_space(self, Xt: np.ndarray) -> np.ndarray:
+    def anomaly_scores_in_model_space(
+        self, Xt: np.ndarray, fast: FastInference | None = None
+    ) -> np.ndarray:
         """Higher is more anomalous: distance to the nearest centroid (k-means), to the nearest
         core sample (DBSCAN), the negative log-density (mixtures), minus scikit-learn's
         ``score_samples`` (detectors: for PCA reconstruction, the squared error)."""
-        est = self.estimator
+        est = fast or self.estimator
         if isinstance(est, DBSCANKNN):
             return est.core_distance(Xt)
         if self.family in ("mixture", "anomaly"):
@@ -94,7 +137,8 @@ class FittedModel:
         return est.transform(Xt).min(axis=1)
 
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
-        return self.anomaly_scores_in_model_space(self.model_space(X))
+        fast, Xt = self._prepared(X)
+        return self.anomaly_scores_in_model_space(Xt, fast)
 
     def sample(self, n_samples: int, random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
         """``n_samples`` rows drawn from the mixture, in the original feature space."""

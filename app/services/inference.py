@@ -29,7 +29,11 @@ def check_supported(version: ModelVersion, operation: str) -> None:
 
 
 def rows_of(
-    version: ModelVersion, body: Rows, settings: Settings, rows: np.ndarray | None = None
+    version: ModelVersion,
+    body: Rows,
+    settings: Settings,
+    rows: np.ndarray | None = None,
+    rows_at: tuple[str, ...] = ("instances",),
 ) -> np.ndarray:
     """The posted rows as a matrix of the model's width, within the row limit. ``rows``: the
     matrix the request parser already read (JSON fast path or ``.npy``), if it did."""
@@ -54,7 +58,7 @@ def rows_of(
     if X.shape[1] != version.n_features:
         raise InvalidInput(
             f"rows have {X.shape[1]} features; {version.label} was trained on {version.n_features}",
-            at=["body", "instances", 0],
+            at=["body", *rows_at, 0],
         )
     return X
 
@@ -154,6 +158,7 @@ async def perform(
     body: InferenceRequest | SampleRequest | None,
     settings: Settings,
     rows: np.ndarray | None = None,
+    rows_at: tuple[str, ...] = ("instances",),
 ) -> dict[str, Any]:
     """Run ``operation``. Work on a model already in memory whose size (rows x the model's
     per-row cost) is within ``settings.inline_work_limit`` runs on the event loop: the hop to a
@@ -174,7 +179,7 @@ async def perform(
         X, count = None, body.n_samples
     else:
         assert isinstance(body, Rows)
-        X = rows_of(version, body, settings, rows)
+        X = rows_of(version, body, settings, rows, rows_at)
         count = len(X)
     model = registry.cached(version)
     # An explanation scores the rows once more per feature.

@@ -106,9 +106,11 @@ def training_matrix(
         )
         names = spec.feature_names
         if names is not None and len(names) != X.shape[1]:
+            # With a .npy body, the other fields came in the Lloyd-Request header.
+            where = ["body"] if rows is None else ["header", "lloyd-request"]
             raise InvalidInput(
                 f"{len(names)} feature_names for rows of {X.shape[1]} values",
-                at=["body", "feature_names"],
+                at=[*where, "feature_names"],
             )
     else:
         X, names = records_to_array(

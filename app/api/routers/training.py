@@ -36,7 +36,6 @@ ACCEPTED = {
 TRAINING_ERRORS = {
     409: {"model": Problem, "description": "The job was cancelled while the client waited."},
     413: {"model": Problem, "description": "Too many rows x features, or body too large."},
-    415: {"model": Problem, "description": "A body neither JSON nor `.npy`."},
     422: {"model": Problem, "description": "Invalid data, algorithm or hyperparameter."},
     500: {"model": Problem, "description": "The job failed: time limit, or a worker died."},
 }
@@ -66,7 +65,11 @@ async def finished(
     "/models",
     status_code=201,
     response_model=VersionOut,
-    responses={**ACCEPTED, **TRAINING_ERRORS},
+    responses={
+        **ACCEPTED,
+        **TRAINING_ERRORS,
+        415: {"model": Problem, "description": "A body neither JSON nor `.npy`."},
+    },
     openapi_extra={
         "requestBody": rows_request_body(TrainRequest, optional=False),
         "parameters": [LLOYD_REQUEST_HEADER],
