@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 import app as lloyd
 from app.api import problems
-from app.api.auth import AUTH_ERRORS, READ, WRITE
+from app.api.auth import AUTH_ERRORS, READ, WRITE, Authentication
 from app.api.body_limit import BodySizeLimit
 from app.api.request_id import RequestId
 from app.api.routers import algorithms, health, jobs, models, prediction, scoring, training
@@ -126,23 +126,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=lloyd.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Lloyd's Prometheus metrics measure every request; FastAPI's OpenTelemetry hooks, which
+        # cost a check per request even when nothing is configured, stay off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics
     problems.install(app)
     # Scopes: `read` lists, inspects and runs inference; `write` trains, deletes and runs jobs.
     # The models router mixes both and declares them per route.
+    # Inference first: routes are matched in order, and these are the hot ones. They authorize
+    # by themselves (see app.api.operation_routes).
     for router, needs in (
+        (prediction.router, []),
+        (scoring.router, []),
         (training.router, [WRITE]),
         (jobs.router, [WRITE]),
-        (prediction.router, [READ]),
-        (scoring.router, [READ]),
         (algorithms.router, [READ]),
         (models.router, []),
     ):
         app.include_router(router, dependencies=needs, responses=AUTH_ERRORS)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Authentication, ring=settings.key_ring)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Outermost: the id is set before anything else can log or refuse the request.
     app.add_middleware(RequestId)

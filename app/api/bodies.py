@@ -10,6 +10,7 @@ whole instead, so that every error is the one the schema gives, with its exact l
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -110,12 +111,23 @@ async def parse_rows_body(
             if X is not None:
                 rest = {k: v for k, v in document.items() if k != "instances"}
                 try:
-                    fields = model.model_validate_json(orjson.dumps(rest | {"instances": []}))
+                    fields = _rows_only(model) if not rest else _other_fields(model, rest)
                 except ValidationError:
                     pass  # errors are reported with their locations by the full validation
                 else:
                     return ParsedBody(fields, X)
     return ParsedBody(_validate_json(model, raw))
+
+
+@functools.cache
+def _rows_only(model: type[M]) -> M:
+    """``model`` with no field but (empty) rows: the same object for every such request, as
+    nothing changes a parsed body."""
+    return model.model_validate_json(b'{"instances": []}')
+
+
+def _other_fields(model: type[M], fields: dict[str, Any]) -> M:
+    return model.model_validate_json(orjson.dumps(fields | {"instances": []}))
 
 
 def _binary(request: Request, model: type[M], raw: bytes) -> ParsedBody[M]:

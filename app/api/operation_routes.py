@@ -8,11 +8,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from app.api.auth import AUTH_ERRORS, BEARER_SCHEME, authorize
 from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER, npy_response, wants_npy
 from app.api.bodies import parse_rows_body
-from app.api.deps import LatestVersionDep, ModelVersionDep, RegistryDep, SettingsDep
+from app.api.deps import resolve_version
 from app.api.responses import FastJSONResponse
 from app.api.schemas import Problem
+from app.registry.model_registry import LATEST
 from app.services import inference
 
 OPERATION_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -41,6 +43,20 @@ NPY_CONTENT = {
     "schema": {"type": "string", "format": "binary"},
     "description": "A NumPy `.npy` 2-D numeric array (rows x features); the request's other "
     "fields as a JSON object in the `Lloyd-Request` header.",
+}
+NAME_PARAMETER = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "The model's name.",
+    "schema": {"type": "string", "title": "Name", "examples": ["line-7"]},
+}
+VERSION_PARAMETER = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "description": "A version number, an alias (e.g. `production`) or `latest`.",
+    "schema": {"type": "string", "title": "Version", "examples": ["latest"]},
 }
 LLOYD_REQUEST_HEADER = {
     "name": "Lloyd-Request",
@@ -97,48 +113,54 @@ def add_operation(
     ``.npy``) and documented as ``body_model``; the answer is JSON, or ``.npy`` when asked for."""
     takes_rows = "instances" in body_model.model_fields
 
-    async def run(request: Request, version: Any, registry: Any, settings: Any) -> Response:
+    # The hot path: no FastAPI dependencies (their resolution costs more than a 1-row
+    # prediction); the same authorization and version resolution the dependencies use, called
+    # directly, in the same order (the key before the lookup), and documented below by hand.
+    async def run(request: Request, ref: str) -> Response:
+        authorize(request, "read")
+        state = request.app.state
+        version = await resolve_version(state.registry, request.path_params["name"], ref)
         parsed = await parse_rows_body(request, body_model, optional=body_optional)
         result = await inference.perform(
-            registry=registry,
+            registry=state.registry,
             version=version,
             operation=operation,
             body=parsed.fields,
             rows=parsed.rows,
             rows_at=parsed.rows_at,
-            settings=settings,
+            settings=state.settings,
         )
         if wants_npy(request.headers.get("accept")):
             return npy_response(operation, result)
         return FastJSONResponse(result)
 
-    async def on_latest(
-        request: Request, version: LatestVersionDep, registry: RegistryDep, settings: SettingsDep
-    ) -> Response:
-        return await run(request, version, registry, settings)
+    async def on_latest(request: Request) -> Response:
+        return await run(request, LATEST)
 
-    async def on_version(
-        request: Request, version: ModelVersionDep, registry: RegistryDep, settings: SettingsDep
-    ) -> Response:
-        return await run(request, version, registry, settings)
+    async def on_version(request: Request) -> Response:
+        return await run(request, request.path_params["version"])
 
-    openapi_extra: dict[str, Any] = {
-        "requestBody": rows_request_body(body_model, optional=body_optional)
-    }
-    if takes_rows:
-        openapi_extra["parameters"] = [LLOYD_REQUEST_HEADER]
     common = {
         "methods": ["POST"],
         "response_model": response_model,
-        "responses": {200: _ok_response(), **OPERATION_ERRORS},
+        "responses": {200: _ok_response(), **AUTH_ERRORS, **OPERATION_ERRORS},
         "description": description,
-        "openapi_extra": openapi_extra,
     }
+
+    def documented(*path_parameters: dict[str, Any]) -> dict[str, Any]:
+        parameters = [*path_parameters, *([LLOYD_REQUEST_HEADER] if takes_rows else [])]
+        return {
+            "requestBody": rows_request_body(body_model, optional=body_optional),
+            "parameters": parameters,
+            "security": [{BEARER_SCHEME: []}],
+        }
+
     router.add_api_route(
         f"/v1/models/{{name}}/{operation}",
         on_latest,
         name=f"{operation}_latest",
         summary=f"{operation} (latest version)",
+        openapi_extra=documented(NAME_PARAMETER),
         **common,
     )
     router.add_api_route(
@@ -146,5 +168,6 @@ def add_operation(
         on_version,
         name=f"{operation}_version",
         summary=f"{operation} (a version, alias or latest)",
+        openapi_extra=documented(NAME_PARAMETER, VERSION_PARAMETER),
         **common,
     )

@@ -234,3 +234,22 @@ def test_key_commands_print_entries_the_service_accepts(tmp_path: Path) -> None:
     assert hashed == entry and key not in entry
     with TestClient(create_app(make_settings(tmp_path, api_keys=entry))) as client:
         assert client.get("/v1/models", headers=bearer(key)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/models"),
+        ("PUT", "/v1/models/m/aliases/prod"),
+        ("POST", "/v1/model-selection"),
+        ("POST", "/v1/models/m/predict"),
+    ],
+)
+def test_a_strangers_body_is_never_parsed(secured: TestClient, method: str, path: str) -> None:
+    # Malformed JSON, or a body of the wrong type, from a client without a key: 401, not the
+    # parse error that would tell it something about the endpoint.
+    for content, content_type in ((b"{not json", "application/json"), (b"x", "text/plain")):
+        response = secured.request(
+            method, path, content=content, headers={"content-type": content_type}
+        )
+        assert_problem(response, 401, "unauthorized")
