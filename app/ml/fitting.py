@@ -20,7 +20,10 @@ from app.ml.model import FittedModel
 from app.ml.preprocessing import build_preprocessor
 
 # Silhouette costs O(n^2); above this many rows it is computed on a seeded sample of this size.
-SILHOUETTE_SAMPLE_SIZE = 10_000
+# Measured here: on 10,000 rows it took 2.2 s, eight times a KMeans(8) fit of 200,000 x 16 rows;
+# on 2,000, 76 ms, and a mean of values in [-1, 1] over 2,000 rows has a standard error of a
+# few thousandths.
+SILHOUETTE_SAMPLE_SIZE = 2_000
 # A mixture component with at least this weight counts as effective (Bayesian mixtures).
 EFFECTIVE_WEIGHT = 0.01
 
@@ -86,7 +89,7 @@ def _training_scores(model: FittedModel, Xt: np.ndarray) -> np.ndarray:
     # Finite rows can still overflow (values near 1e308): distances become inf, and
     # scikit-learn's metrics refuse them. That is the client's data, not a server fault.
     with np.errstate(over="ignore", invalid="ignore"):
-        scores = model.anomaly_scores_in_model_space(Xt)
+        scores = model.anomaly_scores_in_model_space(Xt, model.fast_estimator_for(Xt))
     if not np.all(np.isfinite(scores)):
         raise FitError(
             "the anomaly scores of the training rows overflow (values too large for float64)"

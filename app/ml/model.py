@@ -52,6 +52,13 @@ class FittedModel:
             compile_fast(self.preprocessor) if self.preprocessor is not None else None
         )
 
+    def fast_estimator_for(self, X: np.ndarray) -> FastInference | None:
+        """The exact fast estimator, when there is one and ``X`` (finite float64) may take it."""
+        fast = self._fast_estimator
+        if fast is not None and X.dtype == np.float64 and np.isfinite(X).all():
+            return fast
+        return None
+
     # -- input ---------------------------------------------------------------------------------
     def model_space(self, X: np.ndarray) -> np.ndarray:
         """``X`` checked for width and passed through the preprocessing."""
@@ -66,8 +73,8 @@ class FittedModel:
             raise InferenceInputError(
                 f"rows have {width} features; this model was trained on {self.n_features_in}"
             )
-        fast = self._fast_estimator
-        if fast is not None and X.dtype == np.float64 and np.isfinite(X).all():
+        fast = self.fast_estimator_for(X)
+        if fast is not None:
             X = np.ascontiguousarray(X)
             if self.preprocessor is None:
                 return fast, X

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from app.api.schemas import ModelSelectionRequest, TrainRequest
 from app.errors import InvalidInput, InvalidParameter
 from app.jobs.runner import JobHandle, JobRunner, Task
@@ -40,6 +42,7 @@ def start_selection(
     spec: ModelSelectionRequest,
     settings: Settings,
     metrics: ServiceMetrics,
+    rows: np.ndarray | None = None,
 ) -> tuple[JobRecord, JobHandle]:
     """Check the grid, then fit every candidate in worker processes as one job."""
     if spec.algorithm not in SELECTABLE:
@@ -56,7 +59,7 @@ def start_selection(
             settings=settings,
             at=["body", "register"],
         )
-    prepared = prepare(_as_training(spec), settings)
+    prepared = prepare(_as_training(spec), settings, rows)
     algorithm = prepared.algorithm
     grid = {
         name: values.model_dump() if hasattr(values, "model_dump") else values

@@ -2,11 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import READ, WRITE
+from app.api.bodies import parse_rows_body
 from app.api.deps import ModelVersionDep, NamePath, RegistryDep
 from app.api.documents import model_out, version_out
+from app.api.operation_routes import rows_request_body
 from app.api.schemas import (
     AliasRequest,
     DeletedOut,
@@ -116,14 +119,22 @@ def get_parameters(version: ModelVersionDep, registry: RegistryDep) -> Parameter
 @router.put(
     "/{name}/aliases/{alias}",
     response_model=VersionOut,
-    responses={**NOT_FOUND, 422: {"model": Problem, "description": "Invalid alias."}},
+    responses={
+        **NOT_FOUND,
+        415: {"model": Problem, "description": "A body that is not JSON."},
+        422: {"model": Problem, "description": "Invalid alias."},
+    },
     dependencies=[WRITE],
+    openapi_extra={"requestBody": rows_request_body(AliasRequest, optional=False)},
 )
-def set_alias(
-    name: NamePath, alias: AliasPath, body: AliasRequest, registry: RegistryDep
+async def set_alias(
+    request: Request, name: NamePath, alias: AliasPath, registry: RegistryDep
 ) -> VersionOut:
     """Point `alias` (e.g. `production`) at a version; moves it if it already exists."""
-    return version_out(registry.set_alias(name, alias, body.version))
+    # Read here, after the route's key check, never before it (see app.api.bodies).
+    body = (await parse_rows_body(request, AliasRequest)).fields
+    assert body is not None
+    return version_out(await run_in_threadpool(registry.set_alias, name, alias, body.version))
 
 
 @router.delete(

@@ -41,6 +41,9 @@ TRAINING_ERRORS = {
 }
 
 
+UNSUPPORTED_MEDIA_TYPE = {415: {"model": Problem, "description": "A body neither JSON nor `.npy`."}}
+
+
 def accepted(job: JobRecord) -> Response:
     return FastJSONResponse(
         job_out(job).model_dump(mode="json"),
@@ -65,11 +68,7 @@ async def finished(
     "/models",
     status_code=201,
     response_model=VersionOut,
-    responses={
-        **ACCEPTED,
-        **TRAINING_ERRORS,
-        415: {"model": Problem, "description": "A body neither JSON nor `.npy`."},
-    },
+    responses={**ACCEPTED, **TRAINING_ERRORS, **UNSUPPORTED_MEDIA_TYPE},
     openapi_extra={
         "requestBody": rows_request_body(TrainRequest, optional=False),
         "parameters": [LLOYD_REQUEST_HEADER],
@@ -123,10 +122,14 @@ async def train_model(
 @router.post(
     "/model-selection",
     response_model=SelectionReport,
-    responses={**ACCEPTED, **TRAINING_ERRORS},
+    responses={**ACCEPTED, **TRAINING_ERRORS, **UNSUPPORTED_MEDIA_TYPE},
+    openapi_extra={
+        "requestBody": rows_request_body(ModelSelectionRequest, optional=False),
+        "parameters": [LLOYD_REQUEST_HEADER],
+    },
 )
 async def select_model(
-    spec: ModelSelectionRequest,
+    request: Request,
     registry: RegistryDep,
     jobs: JobStoreDep,
     runner: RunnerDep,
@@ -140,7 +143,12 @@ async def select_model(
     convergence. Bayesian mixtures: effective components and weights. The best candidate under
     each criterion; with `register`, the best under its criterion becomes a new version.
     Candidates are fitted in parallel worker processes; a long grid answers 202 with its job.
+    The rows may be a `.npy` body, as for a training.
     """
+    # Read here, after the route's key check, never before it (see app.api.bodies).
+    parsed = await parse_rows_body(request, ModelSelectionRequest)
+    spec = parsed.fields
+    assert spec is not None
     job, handle = await run_in_threadpool(
         lambda: selection.start_selection(
             registry=registry,
@@ -149,6 +157,7 @@ async def select_model(
             spec=spec,
             settings=settings,
             metrics=metrics,
+            rows=parsed.rows,
         )
     )
     job = await finished(job, handle, wait=spec.wait, jobs=jobs, settings=settings)
