@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.key_ring = settings.key_ring
     app.state.metrics = metrics
     problems.install(app)
     # Scopes: `read` lists, inspects and runs inference; `write` trains, deletes and runs jobs.

@@ -77,6 +77,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,6 +97,19 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+            counter, histogram = self._children(template, scope.get("method", ""), status)
+            counter.inc()
+            histogram.observe(time.perf_counter() - started)
+
+    def _children(self, template: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        """The labelled series of a request, looked up once per (route, method, status): the
+        label sets are bounded, and ``labels()`` on every request costs a lock and a tuple."""
+        key = (template, method, status)
+        found = self._series.get(key)
+        if found is None:
+            found = (
+                self.metrics.requests.labels(template, method, str(status)),
+                self.metrics.latency.labels(template, method),
+            )
+            self._series[key] = found
+        return found

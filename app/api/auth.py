@@ -47,11 +47,11 @@ def authorize(request: Request, scope: str | None) -> None:
     """Nothing when keys are off, or the request carries a valid key holding ``scope`` (any
     valid key when ``scope`` is None); else 401 without a (valid) key, 403 without the scope.
     The one check of the service: dependencies below and the inference routes call it."""
-    ring = request.app.state.settings.key_ring
-    if not ring:
-        return
     key = request.scope.get("state", {}).get("api_key")  # set by Authentication
     if key is None:
+        ring = request.app.state.key_ring
+        if not ring:
+            return
         key = _authenticate(ring, request.headers.get("authorization"))
     if scope is not None and scope not in key.scopes:
         raise Forbidden(

@@ -6,8 +6,8 @@ logged once with its traceback and the id, which the response carries too."""
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,7 +30,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == HEADER), b"")
-        value = given.decode() if _SAFE.match(given) else uuid.uuid4().hex
+        value = given.decode() if _SAFE.match(given) else os.urandom(16).hex()
         token = request_id.set(value)
 
         async def send_with_id(message: Message) -> None:
