@@ -25,6 +25,8 @@ from starlette.responses import Response
 from app.errors import InvalidInput, NotAcceptable
 
 NPY_MEDIA_TYPE = "application/x-npy"
+# Longest .npy header read (numpy writes a few hundred bytes; version 2 allows more).
+HEADER_LIMIT = 1 << 20
 REQUEST_HEADER = "lloyd-request"
 RESPONSE_HEADER = "Lloyd-Response"
 
@@ -50,10 +52,11 @@ def _bad(detail: str) -> InvalidInput:
     return InvalidInput(detail, at=["body"])
 
 
-def read_npy(raw: bytes, *, what: str = "rows") -> np.ndarray:
-    """The body's array as a read-only float64 matrix: a view of ``raw`` when it is already
-    C-ordered little-endian float64, one converted copy otherwise."""
-    stream = io.BytesIO(raw)
+def read_npy(raw: bytes | bytearray, *, what: str = "rows") -> np.ndarray:
+    """The body's array as a float64 matrix: a view of ``raw`` when it is already C-ordered
+    little-endian float64, one converted copy otherwise."""
+    # The header is read from a copy of the body's start only: BytesIO copies a bytearray.
+    stream = io.BytesIO(bytes(memoryview(raw)[:HEADER_LIMIT]))
     try:
         version = np.lib.format.read_magic(stream)
         reader = _READERS.get(version)
@@ -131,10 +134,24 @@ def _header_json(fields: dict[str, Any]) -> str:
     return text if text.isascii() else json.dumps(json.loads(text), ensure_ascii=True)
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+def npy_bytes(array: np.ndarray) -> memoryview:
+    """``array`` as a ``.npy`` file, written once into a buffer of its final size (no
+    growing stream, no copy of the whole file at the end)."""
+    array = np.require(array, requirements="C")  # (ascontiguousarray makes 0-d arrays 1-d)
+    header = io.BytesIO()
+    description = np.lib.format.header_data_from_array_1_0(array)
+    try:
+        np.lib.format.write_array_header_1_0(header, description)
+    except ValueError:  # a header over 64 KiB (a structured dtype of very many fields)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_2_0(header, description)
+    start = header.tell()
+    buffer = bytearray(start + array.nbytes)
+    buffer[:start] = header.getvalue()
+    if array.size:
+        view = np.frombuffer(buffer, dtype=array.dtype, count=array.size, offset=start)
+        view.reshape(array.shape)[...] = array
+    return memoryview(buffer)
 
 
 def npy_response(operation: str, answer: dict[str, Any]) -> Response:

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.responses import problem
@@ -47,6 +48,9 @@ class RequestId:
 
         try:
             await self.app(scope, receive, send_tracked)
+        except ClientDisconnect:
+            # The client left before its body arrived: nobody to answer, and no server fault.
+            log.info("client disconnected during %s %s", scope["method"], scope["path"])
         except Exception:
             log.exception("500 internal_error on %s %s", scope["method"], scope["path"])
             if started:

@@ -515,17 +515,15 @@ def test_content_types(
         assert_problem(response, status, code or "unsupported_media_type")
 
 
-def test_model_selection_documents_what_it_answers_to_a_non_json_body(served: TestClient) -> None:
-    """Model selection takes JSON only (FastAPI reads its body): a text/plain body is the
-    validation error its document lists, and no 415 is promised."""
+def test_model_selection_answers_415_as_documented(served: TestClient) -> None:
+    """Like every route reading rows, model selection refuses a body neither JSON nor .npy."""
     document = served.get("/openapi.json").json()
-    responses = document["paths"]["/v1/model-selection"]["post"]["responses"]
-    assert "415" not in responses and "422" in responses
+    assert "415" in document["paths"]["/v1/model-selection"]["post"]["responses"]
     body = json.dumps({"algorithm": "kmeans", "data": {"instances": BLOBS[:20].tolist()}})
     response = served.post(
         "/v1/model-selection", content=body, headers={"content-type": "text/plain"}
     )
-    assert_problem(response, 422, "validation_error")
+    assert_problem(response, 415, "unsupported_media_type")
 
 
 def test_sample_takes_no_npy_body(served: TestClient) -> None:
