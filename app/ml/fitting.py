@@ -129,7 +129,7 @@ def fit_model(
         )
 
     model = model_of(fit, X)
-    scores = _training_scores(model, fit.Xt)
+    scores = fit_scores = _training_scores(model, fit.Xt)
     threshold = AnomalyThreshold.fit(scores, contamination)
     seconds, fit_warnings = fit.seconds, fit.warnings
     refit: dict[str, Any] | None = None
@@ -144,9 +144,13 @@ def fit_model(
             model = model_of(fit, fitted_rows)
             scores = _training_scores(model, model.model_space(X))
             threshold = AnomalyThreshold.fit(scores, contamination)
+            fit_scores = _training_scores(model, fit.Xt)
     model.anomaly = threshold
     try:
-        metrics = training_metrics(model, fit.Xt, scores)
+        # Detectors report the scores the threshold was drawn from (every posted row); the
+        # other families' metrics are of the rows fitted on.
+        metric_scores = scores if model.family == "anomaly" else fit_scores
+        metrics = training_metrics(model, fit.Xt, metric_scores)
     except ValueError as exc:
         raise FitError(str(exc)) from exc
     if refit is not None:
@@ -207,16 +211,25 @@ def training_metrics(model: FittedModel, Xt: np.ndarray, scores: np.ndarray) -> 
             "cluster_sizes": _cluster_sizes(labels, n_clusters),
         }
     if model.family == "mixture":
-        labels = est.predict(Xt)
+        # ``scores`` are minus the rows' log-densities (scikit-learn's score_samples, negated
+        # exactly): score, BIC and AIC follow with scikit-learn's own formulas, bit for bit,
+        # without three more passes over the rows.
+        labels = (model.fast_estimator_for(Xt) or est).predict(Xt)
+        score = float(np.mean(-scores))
         out: dict[str, Any] = {
-            "log_likelihood": float(est.score(Xt)) * n,
+            "log_likelihood": score * n,
             "converged": bool(est.converged_),
             "n_iter": int(est.n_iter_),
             "lower_bound": float(est.lower_bound_),
             "cluster_sizes": _cluster_sizes(labels, len(est.weights_)),
         }
         if hasattr(est, "bic"):
-            out = {"bic": est.bic(Xt), "aic": est.aic(Xt), **out}
+            parameters = est._n_parameters()
+            out = {
+                "bic": -2 * score * n + parameters * math.log(n),
+                "aic": -2 * score * n + 2 * parameters,
+                **out,
+            }
         else:
             out["effective_components"] = int(np.sum(est.weights_ > EFFECTIVE_WEIGHT))
             out["weights"] = est.weights_
