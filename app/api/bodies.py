@@ -1,8 +1,8 @@
 """Request bodies that carry rows, parsed without a pydantic object per number.
 
-A JSON body is decoded once by msgspec, which reads ``instances`` as lists of floats and
+A JSON body is decoded once by msgspec, which reads ``instances`` as tuples of floats and
 refuses, as it reads, anything else (a string, ``true``, ``null``, a number beyond float64);
-the lists become one float64 matrix in a single numpy call, and only the few other fields are
+the tuples become one float64 matrix in a single numpy call, and only the few other fields are
 validated by the pydantic model. Whenever the fast path is not certain (a refused value, ragged
 or empty rows, ``records``, a field the model refuses), the body is validated by the pydantic
 model as a whole instead, so that every error is the one the schema gives, with its exact
@@ -13,6 +13,7 @@ location. A
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -70,7 +71,7 @@ def _rows_decoder(model: type[BaseModel]) -> msgspec.json.Decoder:
     ]
     struct = msgspec.defstruct(
         f"{model.__name__}Rows",
-        [("instances", list[list[float]]), *others],
+        [("instances", list[tuple[float, ...]]), *others],
         forbid_unknown_fields=True,
     )
     return msgspec.json.Decoder(struct)
@@ -83,12 +84,12 @@ def _fast(model: type[M], raw: bytes) -> ParsedBody[M] | None:
     except msgspec.DecodeError:
         return None
     instances = decoded.instances
-    if not instances or not instances[0]:
-        return None
-    try:
-        X = np.array(instances, dtype=np.float64)  # ragged rows raise
-    except ValueError:
-        return None
+    if not instances or not instances[0] or len(set(map(len, instances))) != 1:
+        return None  # empty or ragged: the full validation says where
+    width = len(instances[0])
+    # Rows as tuples, flattened by one C-level chain: faster than numpy walking nested lists.
+    flat = itertools.chain.from_iterable(instances)
+    X = np.fromiter(flat, np.float64, count=len(instances) * width).reshape(-1, width)
     rest = {
         name: value
         for name in decoded.__struct_fields__[1:]
