@@ -205,6 +205,12 @@ class FastGaussianMixture(FastInference):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.weighted_log_prob(X).argmax(axis=1)
 
+    def log_density_and_labels(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``score_samples`` and ``predict`` from one pass over the rows (a training's
+        threshold and metrics need both)."""
+        weighted = self.weighted_log_prob(X)
+        return _logsumexp_rows(weighted), weighted.argmax(axis=1)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         weighted = self.weighted_log_prob(X)
         weighted -= _logsumexp_rows(weighted)[:, None]

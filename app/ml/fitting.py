@@ -16,6 +16,7 @@ from app.ml.anomaly import AnomalyThreshold
 from app.ml.catalog import Algorithm
 from app.ml.dbscan_knn import DBSCANKNN
 from app.ml.exceptions import FitError
+from app.ml.fast_inference import FastGaussianMixture
 from app.ml.model import FittedModel
 from app.ml.preprocessing import build_preprocessor
 
@@ -85,16 +86,31 @@ def _fit_once(algorithm: Algorithm, params: dict[str, Any], preprocessing, X: np
     return _Fit(estimator, preprocessor, Xt, seconds, sorted({str(w.message) for w in caught}))
 
 
-def _training_scores(model: FittedModel, Xt: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class _Scored:
+    """The training rows' anomaly scores and, for a mixture scored by the fast path, their
+    labels, computed in the same pass."""
+
+    scores: np.ndarray
+    labels: np.ndarray | None = None
+
+
+def _training_scores(model: FittedModel, Xt: np.ndarray) -> _Scored:
     # Finite rows can still overflow (values near 1e308): distances become inf, and
     # scikit-learn's metrics refuse them. That is the client's data, not a server fault.
+    fast = model.fast_estimator_for(Xt)
+    labels = None
     with np.errstate(over="ignore", invalid="ignore"):
-        scores = model.anomaly_scores_in_model_space(Xt, model.fast_estimator_for(Xt))
+        if isinstance(fast, FastGaussianMixture):
+            log_density, labels = fast.log_density_and_labels(Xt)
+            scores = -log_density  # the mixtures' anomaly score, as anomaly_scores gives it
+        else:
+            scores = model.anomaly_scores_in_model_space(Xt, fast)
     if not np.all(np.isfinite(scores)):
         raise FitError(
             "the anomaly scores of the training rows overflow (values too large for float64)"
         )
-    return scores
+    return _Scored(scores, labels)
 
 
 def fit_model(
@@ -129,7 +145,8 @@ def fit_model(
         )
 
     model = model_of(fit, X)
-    scores = fit_scores = _training_scores(model, fit.Xt)
+    scored = fit_scored = _training_scores(model, fit.Xt)
+    scores = scored.scores
     threshold = AnomalyThreshold.fit(scores, contamination)
     seconds, fit_warnings = fit.seconds, fit.warnings
     refit: dict[str, Any] | None = None
@@ -142,15 +159,16 @@ def fit_model(
             seconds += fit.seconds
             fit_warnings = sorted(set(fit_warnings) | set(fit.warnings))
             model = model_of(fit, fitted_rows)
-            scores = _training_scores(model, model.model_space(X))
+            scored = _training_scores(model, model.model_space(X))
+            scores = scored.scores
             threshold = AnomalyThreshold.fit(scores, contamination)
-            fit_scores = _training_scores(model, fit.Xt)
+            fit_scored = _training_scores(model, fit.Xt)
     model.anomaly = threshold
     try:
         # Detectors report the scores the threshold was drawn from (every posted row); the
         # other families' metrics are of the rows fitted on.
-        metric_scores = scores if model.family == "anomaly" else fit_scores
-        metrics = training_metrics(model, fit.Xt, metric_scores)
+        metric_scores = scored if model.family == "anomaly" else fit_scored
+        metrics = training_metrics(model, fit.Xt, metric_scores.scores, labels=metric_scores.labels)
     except ValueError as exc:
         raise FitError(str(exc)) from exc
     if refit is not None:
@@ -188,9 +206,11 @@ def _separation_metrics(Xt: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def training_metrics(model: FittedModel, Xt: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+def training_metrics(
+    model: FittedModel, Xt: np.ndarray, scores: np.ndarray, *, labels: np.ndarray | None = None
+) -> dict[str, Any]:
     """Metrics by family, on the rows fitted on (in model space); ``scores`` are the anomaly
-    scores of the training rows."""
+    scores of the training rows, ``labels`` their mixture components when already known."""
     est = model.estimator
     n = len(Xt)
     if model.family == "anomaly":
@@ -214,7 +234,8 @@ def training_metrics(model: FittedModel, Xt: np.ndarray, scores: np.ndarray) -> 
         # ``scores`` are minus the rows' log-densities (scikit-learn's score_samples, negated
         # exactly): score, BIC and AIC follow with scikit-learn's own formulas, bit for bit,
         # without three more passes over the rows.
-        labels = (model.fast_estimator_for(Xt) or est).predict(Xt)
+        if labels is None:
+            labels = (model.fast_estimator_for(Xt) or est).predict(Xt)
         score = float(np.mean(-scores))
         out: dict[str, Any] = {
             "log_likelihood": score * n,
