@@ -26,6 +26,7 @@ values and the model's width. Nothing here checks it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -212,12 +213,18 @@ class FastGaussianMixture(FastInference):
         return _logsumexp_rows(weighted), weighted.argmax(axis=1)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        weighted = self.weighted_log_prob(X)
-        weighted -= _logsumexp_rows(weighted)[:, None]
-        return np.exp(weighted, out=weighted)
+        out = np.empty((X.shape[0], self.n_components))
+        for rows in _row_blocks(X.shape[0]):
+            weighted = self.weighted_log_prob(X[rows])
+            weighted -= _logsumexp_rows(weighted)[:, None]
+            np.exp(weighted, out=out[rows])
+        return out
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
-        return _logsumexp_rows(self.weighted_log_prob(X))
+        out = np.empty(X.shape[0])
+        for rows in _row_blocks(X.shape[0]):
+            out[rows] = _logsumexp_rows(self.weighted_log_prob(X[rows]))
+        return out
 
     def score(self, X: np.ndarray) -> float:
         return float(np.mean(self.score_samples(X)))
@@ -302,6 +309,22 @@ def _fitted_in_float64(estimator: object) -> bool:
         for name, value in vars(estimator).items()
         if name.endswith("_") and isinstance(value, np.ndarray) and value.dtype.kind == "f"
     )
+
+
+# Probabilities and densities of large batches are computed in blocks of rows, so that the
+# temporaries (several arrays of rows x components) stay a block's size, not the batch's: a
+# 100,000-row predict_proba then peaks under 3 copies of its input instead of 4. Blocks never
+# fall below this many rows (no 1-row product, whose BLAS kernel rounds otherwise); up to twice
+# this many rows are one block, bit-identical to scikit-learn. Above, large products may round
+# in the last place otherwise than scikit-learn's single product (measured: 1e-14 absolute
+# on log-densities; tested within 1e-9 relative). Labels are always computed whole, exactly.
+ROW_BLOCK = 8192
+
+
+def _row_blocks(n_rows: int) -> list[slice]:
+    count = max(1, n_rows // ROW_BLOCK)
+    bounds = np.linspace(0, n_rows, count + 1).astype(int)
+    return [slice(int(start), int(end)) for start, end in itertools.pairwise(bounds)]
 
 
 def _logsumexp_rows(a: np.ndarray) -> np.ndarray:

@@ -256,3 +256,23 @@ def test_operations_an_estimator_lacks_are_refused() -> None:
     assert isinstance(fast, FastInference)
     with pytest.raises(NotImplementedError, match="predict_proba"):
         fast.predict_proba(np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_large_batches_are_computed_in_blocks_within_1e_9(covariance_type):
+    """Above ROW_BLOCK x 2 rows, probabilities and densities are computed a block of rows at a
+    time (bounded temporaries). Large products may then round in the last bit otherwise than
+    scikit-learn's single product: within 1e-9 relative, labels exact."""
+    from app.ml.fast_inference import ROW_BLOCK
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5 * ROW_BLOCK + 7, 6)) * rng.uniform(0.1, 10, 6)
+    mixture = GaussianMixture(
+        n_components=5, covariance_type=covariance_type, random_state=0, max_iter=20
+    ).fit(X[:2000])
+    fast = compile_fast(mixture)
+    np.testing.assert_array_equal(fast.predict(X), mixture.predict(X))
+    np.testing.assert_allclose(
+        fast.predict_proba(X), mixture.predict_proba(X), rtol=1e-9, atol=1e-300
+    )
+    np.testing.assert_allclose(fast.score_samples(X), mixture.score_samples(X), rtol=1e-9)
