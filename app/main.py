@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
 
 import app as lloyd
-from app.api import problems
+from app.api import operation_routes, problems
 from app.api.auth import AUTH_ERRORS, READ, WRITE, Authentication
 from app.api.body_limit import BodySizeLimit
 from app.api.request_id import RequestId
@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router, dependencies=needs, responses=AUTH_ERRORS)
     app.include_router(health.router)
+    operation_routes.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Authentication, ring=settings.key_ring)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

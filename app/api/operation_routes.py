@@ -4,9 +4,11 @@
 # refer to this factory's arguments.
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from app.api.auth import AUTH_ERRORS, BEARER_SCHEME, authorize
 from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER, npy_response, wants_npy
@@ -66,6 +68,29 @@ LLOYD_REQUEST_HEADER = {
     'object (e.g. `{"contamination": 0.05}`).',
     "schema": {"type": "string"},
 }
+
+
+class ServedRoute(Route):
+    """An inference route as a plain Starlette route, placed ahead of the FastAPI route that
+    documents it (see ``install``): FastAPI's request handling, which these endpoints do not
+    use, costs a third of a 1-row request (237 -> 167 us measured in-process). Its ``route``
+    in the scope gives the metrics their template."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+
+# Every operation's served routes; ``install`` puts them at the head of an app's routes.
+SERVED_ROUTES: list[ServedRoute] = []
+
+
+def install(app: FastAPI) -> None:
+    """Serve the inference routes ahead of everything else (they are the hot ones). The
+    FastAPI routes stay, for the OpenAPI document."""
+    app.router.routes[:0] = SERVED_ROUTES
 
 
 def rows_request_body(body_model: type[BaseModel], *, optional: bool) -> dict[str, Any]:
@@ -139,6 +164,17 @@ def add_operation(
 
     async def on_version(request: Request) -> Response:
         return await run(request, request.path_params["version"])
+
+    SERVED_ROUTES.extend(
+        [
+            ServedRoute(f"/v1/models/{{name}}/{operation}", on_latest, methods=["POST"]),
+            ServedRoute(
+                f"/v1/models/{{name}}/versions/{{version}}/{operation}",
+                on_version,
+                methods=["POST"],
+            ),
+        ]
+    )
 
     common = {
         "methods": ["POST"],

@@ -406,11 +406,12 @@ def test_stateful_training_then_operations_on_its_version():
         )
     )
     # Links carried a trained version's name and number to requests that then succeeded.
+    # (Which operations the derandomized exploration reaches with rows of the right width
+    # changes with any change of the app; that some inference through a link succeeds, not.)
     chained = CALLS["stateful, chained"]
-    assert {
-        "GET /v1/models/{name}/versions/{version}",
-        "POST /v1/models/{name}/versions/{version}/predict",
-    } <= succeeded(chained), chained
+    assert "GET /v1/models/{name}/versions/{version}" in succeeded(chained), chained
+    inference = {f"{m} {p}" for m, p in CHAIN_TARGETS if m == "POST"}
+    assert inference & succeeded(chained), chained
 
 
 def succeeded(calls: dict[str, Counter[int]]) -> set[str]:
