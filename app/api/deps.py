@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.jobs.runner import JobRunner
 from app.observability import ServiceMetrics
 from app.registry.job_store import JobStore
-from app.registry.model_registry import LATEST, ModelRegistry
+from app.registry.model_registry import ModelRegistry
 from app.registry.records import ModelVersion
 from app.settings import Settings
 
@@ -52,6 +52,8 @@ VersionPath = Annotated[
 
 
 async def resolve_version(registry: ModelRegistry, name: str, ref: str) -> ModelVersion:
+    """The one resolution of a path's model version (``ModelVersionDep`` and the inference
+    routes use it); 404 when either does not exist."""
     # Known without a query when nothing was written since it was last looked up; else the
     # (blocking) query runs in the thread pool.
     found = registry.resolved(name, ref)
@@ -65,10 +67,4 @@ async def path_version(name: NamePath, version: VersionPath, registry: RegistryD
     return await resolve_version(registry, name, version)
 
 
-async def latest_version(name: NamePath, registry: RegistryDep) -> ModelVersion:
-    """The latest version of ``{name}``; 404 when there is none."""
-    return await resolve_version(registry, name, LATEST)
-
-
 ModelVersionDep = Annotated[ModelVersion, Depends(path_version)]
-LatestVersionDep = Annotated[ModelVersion, Depends(latest_version)]
