@@ -16,6 +16,7 @@ import app as lloyd
 from app.api import operation_routes, problems
 from app.api.auth import AUTH_ERRORS, READ, WRITE, Authentication
 from app.api.body_limit import BodySizeLimit
+from app.api.inference_front import InferenceFront
 from app.api.request_id import RequestId
 from app.api.routers import algorithms, health, jobs, models, prediction, scoring, training
 from app.jobs.runner import JobRunner
@@ -152,6 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Authentication, ring=settings.key_ring)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # Outermost: the id is set before anything else can log or refuse the request.
+    # The id is set before anything else can log or refuse the request.
     app.add_middleware(RequestId)
+    # Outermost: the inference requests it can answer with a 200 never enter the stack.
+    app.add_middleware(InferenceFront, operations=operation_routes.FRONT_OPERATIONS)
     return app

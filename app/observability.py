@@ -69,6 +69,26 @@ class ServiceMetrics:
         cache_hits.set_function(lambda: cache.hits)
         cache_misses.set_function(lambda: cache.misses)
         cache_size.set_function(lambda: len(cache))
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def record(self, template: str, method: str, status: int, seconds: float) -> None:
+        """Counts and times one HTTP request by its route template."""
+        counter, histogram = self._request_series(template, method, status)
+        counter.inc()
+        histogram.observe(seconds)
+
+    def _request_series(self, template: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        """The labelled series of a request, looked up once per (route, method, status): the
+        label sets are bounded, and ``labels()`` on every request costs a lock and a tuple."""
+        key = (template, method, status)
+        found = self._series.get(key)
+        if found is None:
+            found = (
+                self.requests.labels(template, method, str(status)),
+                self.latency.labels(template, method),
+            )
+            self._series[key] = found
+        return found
 
 
 class MetricsMiddleware:
@@ -77,7 +97,6 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,19 +116,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            counter, histogram = self._children(template, scope.get("method", ""), status)
-            counter.inc()
-            histogram.observe(time.perf_counter() - started)
-
-    def _children(self, template: str, method: str, status: int) -> tuple[Counter, Histogram]:
-        """The labelled series of a request, looked up once per (route, method, status): the
-        label sets are bounded, and ``labels()`` on every request costs a lock and a tuple."""
-        key = (template, method, status)
-        found = self._series.get(key)
-        if found is None:
-            found = (
-                self.metrics.requests.labels(template, method, str(status)),
-                self.metrics.latency.labels(template, method),
+            self.metrics.record(
+                template, scope.get("method", ""), status, time.perf_counter() - started
             )
-            self._series[key] = found
-        return found

@@ -14,6 +14,7 @@ from app.api.auth import AUTH_ERRORS, BEARER_SCHEME, authorize
 from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER, npy_response, wants_npy
 from app.api.bodies import parse_rows_body
 from app.api.deps import resolve_version
+from app.api.inference_front import FrontOperation
 from app.api.responses import FastJSONResponse
 from app.api.schemas import Problem
 from app.registry.model_registry import LATEST
@@ -85,6 +86,8 @@ class ServedRoute(Route):
 
 # Every operation's served routes; ``install`` puts them at the head of an app's routes.
 SERVED_ROUTES: list[ServedRoute] = []
+# What app.api.inference_front needs to answer these operations' common requests itself.
+FRONT_OPERATIONS: dict[str, FrontOperation] = {}
 
 
 def install(app: FastAPI) -> None:
@@ -165,16 +168,16 @@ def add_operation(
     async def on_version(request: Request) -> Response:
         return await run(request, request.path_params["version"])
 
+    latest_path = f"/v1/models/{{name}}/{operation}"
+    version_path = f"/v1/models/{{name}}/versions/{{version}}/{operation}"
     SERVED_ROUTES.extend(
         [
-            ServedRoute(f"/v1/models/{{name}}/{operation}", on_latest, methods=["POST"]),
-            ServedRoute(
-                f"/v1/models/{{name}}/versions/{{version}}/{operation}",
-                on_version,
-                methods=["POST"],
-            ),
+            ServedRoute(latest_path, on_latest, methods=["POST"]),
+            ServedRoute(version_path, on_version, methods=["POST"]),
         ]
     )
+    if takes_rows:
+        FRONT_OPERATIONS[operation] = FrontOperation(body_model, latest_path, version_path)
 
     common = {
         "methods": ["POST"],
@@ -192,7 +195,7 @@ def add_operation(
         }
 
     router.add_api_route(
-        f"/v1/models/{{name}}/{operation}",
+        latest_path,
         on_latest,
         name=f"{operation}_latest",
         summary=f"{operation} (latest version)",
@@ -200,7 +203,7 @@ def add_operation(
         **common,
     )
     router.add_api_route(
-        f"/v1/models/{{name}}/versions/{{version}}/{operation}",
+        version_path,
         on_version,
         name=f"{operation}_version",
         summary=f"{operation} (a version, alias or latest)",

@@ -30,8 +30,7 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == HEADER), b"")
-        value = given.decode() if _SAFE.match(given) else os.urandom(16).hex()
+        value = request_id_of(scope)
         token = request_id.set(value)
 
         async def send_with_id(message: Message) -> None:
@@ -58,6 +57,12 @@ class RequestId:
             await internal_error()(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: the client's ``X-Request-ID`` when it is a sane one, else a new one."""
+    given = next((v for k, v in scope["headers"] if k == HEADER), b"")
+    return given.decode() if _SAFE.match(given) else os.urandom(16).hex()
 
 
 def internal_error():

@@ -20,7 +20,12 @@ class FastJSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=_OPTIONS)
+        return render_json(content)
+
+
+def render_json(content: Any) -> bytes:
+    """``content`` as JSON, numpy arrays and scalars included."""
+    return orjson.dumps(content, option=_OPTIONS)
 
 
 def problem(
