@@ -53,6 +53,8 @@ def main() -> None:
         workers=settings.workers,
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers propagate to ours (request ids, JSON lines)
+        # uvicorn formats an access line's fields on every request, even when its level is off.
+        access_log=settings.log_level in ("debug", "info"),
     )
 
 

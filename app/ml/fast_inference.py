@@ -213,6 +213,8 @@ class FastGaussianMixture(FastInference):
         return _logsumexp_rows(weighted), weighted.argmax(axis=1)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if X.shape[0] <= SMALL_BATCH_ROWS:
+            return _normalized_exp(self.weighted_log_prob(X))
         out = np.empty((X.shape[0], self.n_components))
         for rows in _row_blocks(X.shape[0]):
             weighted = self.weighted_log_prob(X[rows])
@@ -322,9 +324,33 @@ ROW_BLOCK = 8192
 
 
 def _row_blocks(n_rows: int) -> list[slice]:
-    count = max(1, n_rows // ROW_BLOCK)
+    if n_rows < 2 * ROW_BLOCK:
+        return [slice(0, n_rows)]
+    count = n_rows // ROW_BLOCK
     bounds = np.linspace(0, n_rows, count + 1).astype(int)
     return [slice(int(start), int(end)) for start, end in itertools.pairwise(bounds)]
+
+
+# Small batches' probabilities are normalized by each row's maximum, exp(w - max) / sum, in four
+# array operations instead of the sixteen of scikit-learn's log-sum-exp (a 1-row mixture
+# predict_proba: 43 -> 14 us). Same weighted log-probabilities, bit for bit; the probabilities
+# within a few units in the last place of scikit-learn's (tested within 1e-9 relative) while the
+# rows' largest log-probabilities are under NORMALIZE_LIMIT in size: past it, scikit-learn's
+# log-sum-exp itself rounds at 1e-10 and above, and its own steps are repeated instead.
+SMALL_BATCH_ROWS = 64
+NORMALIZE_LIMIT = 1e6
+
+
+def _normalized_exp(weighted: np.ndarray) -> np.ndarray:
+    """Each row of ``exp(weighted)`` divided by its sum, in place."""
+    top = weighted.max(axis=1, keepdims=True)
+    if (np.abs(top) < NORMALIZE_LIMIT).all():  # False on NaN and infinities too
+        weighted -= top
+        np.exp(weighted, out=weighted)
+        weighted /= weighted.sum(axis=1, keepdims=True)
+        return weighted
+    weighted -= _logsumexp_rows(weighted)[:, None]
+    return np.exp(weighted, out=weighted)
 
 
 def _logsumexp_rows(a: np.ndarray) -> np.ndarray:

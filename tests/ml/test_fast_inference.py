@@ -1,5 +1,6 @@
 """app.ml.fast_inference against scikit-learn called directly: the same labels, and the same
-floats to the last bit (k-means' score with more than 2 OpenMP threads: to 1e-9 relative)."""
+floats to the last bit, except k-means' score with more than 2 OpenMP threads and a small
+batch's mixture probabilities (normalized by the row maximum): those to 1e-9 relative."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from sklearn.preprocessing import StandardScaler
 
 from app.ml.catalog import ALGORITHMS
 from app.ml.fast_inference import (
+    NORMALIZE_LIMIT,
+    SMALL_BATCH_ROWS,
     FastGaussianMixture,
     FastInference,
     FastKMeans,
@@ -72,7 +75,8 @@ def check_mixture(est: GaussianMixture | BayesianGaussianMixture, X: np.ndarray)
     fast = compile_fast(est)
     assert isinstance(fast, FastGaussianMixture)
     assert_same(fast.predict(X), est.predict(X))
-    assert_same(fast.predict_proba(X), est.predict_proba(X))
+    # Small batches: exp(w - max) / sum rather than exp(w - logsumexp(w)) (see the module).
+    assert_same(fast.predict_proba(X), est.predict_proba(X), bitwise=len(X) > SMALL_BATCH_ROWS)
     assert_same(fast.score_samples(X), est.score_samples(X))
     assert_same(fast.score(X), est.score(X))
 
@@ -183,6 +187,41 @@ def test_duplicated_components_take_sklearns_label(covariance_type: str) -> None
 def test_mixture_far_rows_with_underflowing_probabilities() -> None:
     est = GaussianMixture(4, random_state=0).fit(blobs(3, 4, 1.0))
     check_mixture(est, rows(20, 3, 1.0) * 1e4)
+
+
+@pytest.mark.parametrize("shift", [0.9, 1.1])
+def test_small_batches_past_the_normalize_limit_take_sklearns_steps(shift: float) -> None:
+    """Log-probabilities beyond NORMALIZE_LIMIT in size: scikit-learn's own log-sum-exp, bit
+    for bit (its rounding there is coarser than 1e-9); below, within 1e-9."""
+    est = GaussianMixture(3, covariance_type="spherical", random_state=0).fit(blobs(2, 3, 1.0))
+    fast = compile_fast(est)
+    # A row whose largest weighted log-probability is about shift * NORMALIZE_LIMIT.
+    direction = np.array([[1.0, 0.0]])
+    top = fast.weighted_log_prob(est.means_[:1] + 1e3 * direction).max()
+    distance = 1e3 * np.sqrt(shift * NORMALIZE_LIMIT / -top)
+    X = est.means_[:1] + distance * direction
+    weighted = fast.weighted_log_prob(X)
+    assert (np.abs(weighted.max()) > NORMALIZE_LIMIT) == (shift > 1)
+    assert_same(fast.predict_proba(X), est.predict_proba(X), bitwise=shift > 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_rows=st.integers(1, SMALL_BATCH_ROWS),
+    scale=st.sampled_from([1e-6, 1e-3, 1.0, 1e2, 1e4]),
+    covariance_type=st.sampled_from(COVARIANCE_TYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_small_batch_probabilities_within_1e_9_on_any_rows(
+    n_rows: int, scale: float, covariance_type: str, seed: int
+) -> None:
+    est = GaussianMixture(4, covariance_type=covariance_type, max_iter=10, random_state=0).fit(
+        blobs(3, 4, 1.0)
+    )
+    X = np.random.default_rng(seed).normal(scale=scale, size=(n_rows, 3))
+    fast = compile_fast(est)
+    assert_same(fast.predict(X), est.predict(X))
+    assert_same(fast.predict_proba(X), est.predict_proba(X), bitwise=False)
 
 
 # -- preprocessing ---------------------------------------------------------------------------
