@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import time
@@ -115,6 +116,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.url.render_as_string(hide_password=True),
             store.root,
         )
+        if settings.gc_freeze:
+            # What start-up allocated (modules, scikit-learn, SQLAlchemy: millions of objects)
+            # lives as long as the process: out of the collector's reach, a full collection no
+            # longer walks it (measured: a few % more 1-row predictions a second).
+            gc.freeze()
         try:
             yield
         finally:

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         "concurrently by a thread pool, so one thread per request uses the cores without "
         "oversubscribing them (fits run in their own worker processes, with their own limit).",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="Move what start-up allocated out of the garbage collector's reach "
+        "(`gc.freeze`): full collections then skip millions of long-lived objects, which "
+        "lowers request latency. Off only where many apps start in one process (tests).",
+    )
     max_name_length: int = Field(
         128, ge=1, le=128, description="Longest model name accepted (422 above; 128 at most)."
     )

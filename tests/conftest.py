@@ -24,6 +24,8 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
     values = {
         "database_url": f"sqlite:///{tmp_path / 'lloyd.db'}",
         "models_store": tmp_path / "models_store",
+        # Each test starts apps in this one process: frozen objects would outlive their test.
+        "gc_freeze": False,
     } | overrides
     return Settings(**values)
 

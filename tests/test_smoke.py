@@ -1,5 +1,7 @@
 """The app starts on both databases and answers its health checks."""
 
+import gc
+
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -13,3 +15,13 @@ def test_ready_on_both_databases(tmp_path, database_url):
         ready = client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json() == {"status": "ready", "database": True, "store": True}
+
+
+def test_start_up_objects_are_frozen_out_of_the_collectors_reach(tmp_path):
+    before = gc.get_freeze_count()
+    try:
+        with TestClient(create_app(make_settings(tmp_path, gc_freeze=True))) as client:
+            assert client.get("/healthz").status_code == 200
+            assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

@@ -14,6 +14,7 @@ from app.ml.anomaly import AnomalyThreshold
 from app.ml.dbscan_knn import DBSCANKNN
 from app.ml.exceptions import InferenceInputError
 from app.ml.fast_inference import FastInference, compile_fast
+from app.ml.finite import all_finite
 
 
 @dataclass(eq=False)
@@ -40,6 +41,7 @@ class FittedModel:
         state = self.__dict__.copy()
         state.pop("_fast_estimator", None)
         state.pop("_fast_preprocessor", None)
+        state.pop("_cost_per_row", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -51,11 +53,12 @@ class FittedModel:
         self._fast_preprocessor = (
             compile_fast(self.preprocessor) if self.preprocessor is not None else None
         )
+        self._cost_per_row = self._estimate_cost_per_row()
 
     def fast_estimator_for(self, X: np.ndarray) -> FastInference | None:
         """The exact fast estimator, when there is one and ``X`` (finite float64) may take it."""
         fast = self._fast_estimator
-        if fast is not None and X.dtype == np.float64 and np.isfinite(X).all():
+        if fast is not None and X.dtype == np.float64 and all_finite(X):
             return fast
         return None
 
@@ -85,6 +88,9 @@ class FittedModel:
     @property
     def cost_per_row(self) -> int:
         """Rough multiply-adds per row of inference, for deciding what may run inline."""
+        return self._cost_per_row
+
+    def _estimate_cost_per_row(self) -> int:
         est = self.estimator
         d = self.n_features_in
         if isinstance(est, DBSCANKNN):

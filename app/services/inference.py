@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from app.errors import ExplanationUnavailable, InvalidInput, PayloadTooLarge, Un
 from app.ml.anomaly import SCORE_DIRECTION
 from app.ml.exceptions import InferenceInputError
 from app.ml.explain import DEFAULT_TOP_FEATURES, explain, top_contributions
+from app.ml.finite import all_finite
 from app.ml.model import FittedModel
 from app.registry.model_registry import ModelRegistry
 from app.registry.records import ModelVersion
@@ -76,13 +78,21 @@ def compute(
     for field, value in result.items():
         # Finite inputs near the float64 limit can overflow inside the model (a squared
         # distance, a density): refuse them rather than answer null where a number is promised.
-        if isinstance(value, float | np.ndarray) and not np.all(np.isfinite(value)):
+        if not _finite(value):
             raise InvalidInput(
                 f"the rows overflow float64 in {operation} ({field} is not finite): "
                 f"rescale the features ({version.label})",
                 at=["body", "instances" if X is not None else "n_samples"],
             )
     return result
+
+
+def _finite(value: Any) -> bool:
+    """False for a float, or an array of floats, holding NaN or an infinity. Labels and flags
+    are integers and booleans: always finite."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind != "f" or all_finite(value)
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _compute(model: FittedModel, operation: str, X: np.ndarray | None, body: Any) -> dict[str, Any]:
@@ -183,7 +193,7 @@ async def perform(
         count = len(X)
     model = registry.cached(version)
     # An explanation scores the rows once more per feature.
-    passes = version.n_features + 1 if getattr(body, "explain", False) else 1
+    passes = version.n_features + 1 if isinstance(body, AnomaliesRequest) and body.explain else 1
     if model is not None and count * passes * model.cost_per_row <= settings.inline_work_limit:
         return answer | compute(model, version, operation, X, body)
 

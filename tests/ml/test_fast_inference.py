@@ -189,11 +189,14 @@ def test_mixture_far_rows_with_underflowing_probabilities() -> None:
     check_mixture(est, rows(20, 3, 1.0) * 1e4)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
 @pytest.mark.parametrize("shift", [0.9, 1.1])
-def test_small_batches_past_the_normalize_limit_take_sklearns_steps(shift: float) -> None:
+def test_small_batches_past_the_normalize_limit_take_sklearns_steps(
+    covariance_type: str, shift: float
+) -> None:
     """Log-probabilities beyond NORMALIZE_LIMIT in size: scikit-learn's own log-sum-exp, bit
     for bit (its rounding there is coarser than 1e-9); below, within 1e-9."""
-    est = GaussianMixture(3, covariance_type="spherical", random_state=0).fit(blobs(2, 3, 1.0))
+    est = GaussianMixture(3, covariance_type=covariance_type, random_state=0).fit(blobs(2, 3, 1))
     fast = compile_fast(est)
     # A row whose largest weighted log-probability is about shift * NORMALIZE_LIMIT.
     direction = np.array([[1.0, 0.0]])
