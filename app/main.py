@@ -8,9 +8,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 import app as lloyd
@@ -128,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(app.state.runner.shutdown)
             engine.dispose()
 
-    app = FastAPI(
+    app = LloydApp(
         title="Lloyd",
         version=lloyd.__version__,
         description=DESCRIPTION,
@@ -159,8 +161,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Authentication, ring=settings.key_ring)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # The id is set before anything else can log or refuse the request.
+    # Outermost: the id is set before anything else can log or refuse the request.
     app.add_middleware(RequestId)
-    # Outermost: the inference requests it can answer with a 200 never enter the stack.
-    app.add_middleware(InferenceFront, operations=operation_routes.FRONT_OPERATIONS)
     return app
+
+
+class LloydApp(FastAPI):
+    """The FastAPI app with ``InferenceFront`` ahead of all of it: an inference request the
+    front can answer with a 200 does not pass through FastAPI's and Starlette's own layers
+    (error, telemetry and body-limit middleware) either; everything else is FastAPI's."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.front = InferenceFront(super().__call__, operation_routes.FRONT_OPERATIONS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)

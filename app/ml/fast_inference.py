@@ -238,7 +238,7 @@ class FastGaussianMixture(FastInference):
         if X.shape[0] <= SMALL_BATCH_ROWS:
             weighted = self._folded_weighted_log_prob(X)
             top = weighted.max(axis=1, keepdims=True)
-            if (np.abs(top) < NORMALIZE_LIMIT).all():  # False on NaN and infinities too
+            if np.abs(top).max() < NORMALIZE_LIMIT:  # False on NaN and infinities too
                 weighted -= top
                 np.exp(weighted, out=weighted)
                 weighted /= weighted.sum(axis=1, keepdims=True)

@@ -42,6 +42,7 @@ class FittedModel:
         state.pop("_fast_estimator", None)
         state.pop("_fast_preprocessor", None)
         state.pop("_cost_per_row", None)
+        state.pop("_classes", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -54,6 +55,7 @@ class FittedModel:
             compile_fast(self.preprocessor) if self.preprocessor is not None else None
         )
         self._cost_per_row = self._estimate_cost_per_row()
+        self._classes: np.ndarray | None = None  # predict_proba's column labels, once known
 
     def fast_estimator_for(self, X: np.ndarray) -> FastInference | None:
         """The exact fast estimator, when there is one and ``X`` (finite float64) may take it."""
@@ -120,8 +122,12 @@ class FittedModel:
         """Probabilities (rows x classes) and the class label of each column."""
         fast, Xt = self._prepared(X)
         proba = (fast or self.estimator).predict_proba(Xt)
-        classes = getattr(self.estimator, "classes_", np.arange(proba.shape[1]))
-        return proba, np.asarray(classes)
+        classes = self._classes
+        if classes is None or len(classes) != proba.shape[1]:
+            classes = np.array(getattr(self.estimator, "classes_", np.arange(proba.shape[1])))
+            classes.setflags(write=False)  # shared by every answer
+            self._classes = classes
+        return proba, classes
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         fast, Xt = self._prepared(X)
