@@ -173,6 +173,7 @@ class FastGaussianMixture(FastInference):
         if self.covariance_type == "full":
             self.wide_prec = np.ascontiguousarray(np.concatenate(list(prec_chol), axis=1))
             self.wide_mean_prec = self.mean_prec.reshape(-1)
+            self.minus_halves = np.full(n_features, -0.5)
 
     def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
         """log p(x | component) + log weight, (n_samples, n_components)."""
@@ -229,19 +230,20 @@ class FastGaussianMixture(FastInference):
         y = X @ self.wide_prec
         y -= self.wide_mean_prec
         np.square(y, out=y)
-        weighted = y.reshape(X.shape[0], self.n_components, -1).sum(axis=2)
-        weighted *= -0.5
+        # -0.5 times each component's sum of squares, as one product (halving is exact).
+        weighted = y.reshape(X.shape[0], self.n_components, -1) @ self.minus_halves
         weighted += self.folded_constant
         return weighted
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if X.shape[0] <= SMALL_BATCH_ROWS:
             weighted = self._folded_weighted_log_prob(X)
-            top = weighted.max(axis=1, keepdims=True)
-            if np.abs(top).max() < NORMALIZE_LIMIT:  # False on NaN and infinities too
+            # The ufuncs' own reductions: numpy's method wrappers cost more than a row's work.
+            top = np.maximum.reduce(weighted, axis=1, keepdims=True)
+            if np.maximum.reduce(np.abs(top), axis=None) < NORMALIZE_LIMIT:  # False on NaN, inf
                 weighted -= top
                 np.exp(weighted, out=weighted)
-                weighted /= weighted.sum(axis=1, keepdims=True)
+                weighted /= np.add.reduce(weighted, axis=1, keepdims=True)
                 return weighted
         out = np.empty((X.shape[0], self.n_components))
         for rows in _row_blocks(X.shape[0]):

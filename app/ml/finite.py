@@ -11,4 +11,4 @@ def all_finite(values: np.ndarray) -> bool:
     """True when every value of a float array is finite. A finite sum proves it in one
     reduction, without the temporary array of ``np.isfinite``; a sum that overflows, or meets a
     NaN or an infinity, is checked value by value."""
-    return math.isfinite(values.sum()) or bool(np.isfinite(values).all())
+    return math.isfinite(np.add.reduce(values, axis=None)) or bool(np.isfinite(values).all())
