@@ -238,6 +238,13 @@ class FastGaussianMixture(FastInference):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if X.shape[0] <= SMALL_BATCH_ROWS:
             weighted = self._folded_weighted_log_prob(X)
+            if X.shape[0] == 1:  # a few floats: Python's arithmetic beats numpy's per-call cost
+                row = weighted[0].tolist()
+                top = max(row)
+                if abs(top) < NORMALIZE_LIMIT:  # False on NaN and infinities too
+                    exps = [math.exp(value - top) for value in row]
+                    total = sum(exps)
+                    return np.array([[value / total for value in exps]])
             # The ufuncs' own reductions: numpy's method wrappers cost more than a row's work.
             top = np.maximum.reduce(weighted, axis=1, keepdims=True)
             if np.maximum.reduce(np.abs(top), axis=None) < NORMALIZE_LIMIT:  # False on NaN, inf
