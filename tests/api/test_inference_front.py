@@ -137,21 +137,55 @@ def test_what_the_front_declines_gets_the_stacks_answer(served, answered):
     assert npy.json()["labels"] == post(served, path).json()["labels"]
 
 
-def test_a_body_sent_in_chunks_reaches_the_front_or_the_stack_whole(served, answered):
+def test_a_body_in_several_messages_reaches_the_front_whole(served, answered):
     path = "/v1/models/blobs/predict"
     expected = post(served, path).json()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(BODY)).encode()),
+        (b"authorization", f"Bearer {READER}".encode()),
+    ]
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": headers}
+    scope |= {"query_string": b"", "http_version": "1.1", "scheme": "http"}
 
-    def chunks() -> Iterator[bytes]:
+    async def call() -> tuple[int, bytes]:
+        chunks = [BODY[start : start + 7] for start in range(0, len(BODY), 7)]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await served.app(dict(scope), receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    answered.clear()
+    status, body = served.portal.call(call)
+    assert (status, orjson.loads(body)) == (200, expected)
+    assert answered == [True]
+
+
+def test_large_or_unsized_bodies_go_to_the_stack(served, answered):
+    path = "/v1/models/blobs/predict"
+    expected = post(served, path).json()
+    answered.clear()
+
+    def chunks() -> Iterator[bytes]:  # sent without a Content-Length
         for start in range(0, len(BODY), 7):
             yield BODY[start : start + 7]
 
-    answered.clear()
     assert post(served, path, content=chunks()).json() == expected
-    assert answered == [True]
+    rows = np.repeat(ROWS, 1000, axis=0)  # a body over 64 KiB, within the body limit
+    large = orjson.dumps({"instances": rows[:2500]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    assert 64 * 1024 < len(large) <= 100_000
+    assert len(post(served, path, content=large).json()["labels"]) == 2500
+    assert answered == []
     bad = b'{"instances": [[1.0, 2.0], [3.0]]}'
     response = post(served, path, content=iter([bad[:10], bad[10:]]))
     assert assert_problem(response, 422, "invalid_input")["errors"][0]["pointer"] == "/instances/1"
-    assert answered == [True, False]
 
 
 def _npy(array: np.ndarray) -> bytes:
