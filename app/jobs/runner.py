@@ -3,7 +3,8 @@ all jobs, kills them on cancel or past the time limit, and records every state i
 
 Why processes of our own rather than concurrent.futures or loky: a task past its time limit or
 cancelled must be killed, and neither pool can kill one task without breaking the pool. A
-forkserver makes each new process cheap (scikit-learn is imported once, in the server).
+forkserver makes each new process cheap (scikit-learn is imported once, in the server), and
+a task's large arrays reach its worker through shared memory (app.jobs.shared_arrays).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from app.errors import JobFailed, LloydError, error_document, error_from_document
+from app.jobs.shared_arrays import SharedArray, share_arrays
 from app.jobs.worker import run_task
 from app.registry.job_store import FAILED, SUCCEEDED, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
-_PRELOAD = ["app.jobs.worker", "app.services.fitting_tasks"]
+_PRELOAD = ["app.jobs.worker_preload"]
 _context_lock = threading.Lock()
 _context: Any = None
 
@@ -166,13 +168,19 @@ class JobRunner:
         results: list[Any] = [None] * len(tasks)
         done = 0
         started = False
+        # The tasks' large arrays, written to shared memory when the first worker starts (not
+        # while the job waits for a slot), and closed when the job ends.
+        shared_kwargs: list[dict[str, Any]] | None = None
+        shared: list[SharedArray] = []
         try:
             while pending or running:
                 self._check(handle, deadline)
                 while pending and self._slots.acquire(blocking=False):
                     index, task = pending.popleft()
                     try:
-                        running[index] = self._start(task)
+                        if shared_kwargs is None:
+                            shared_kwargs, shared = share_arrays(t.kwargs for t in tasks)
+                        running[index] = self._start(Task(task.fn, shared_kwargs[index]))
                     except BaseException:
                         self._slots.release()
                         raise
@@ -235,6 +243,8 @@ class JobRunner:
                 process.join()
                 conn.close()
                 self._slots.release()
+            for array in shared:
+                array.close()
             with self._lock:
                 self._handles.pop(job_id, None)
             handle.done.set()
