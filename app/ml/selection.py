@@ -11,8 +11,9 @@ import numpy as np
 from sklearn.metrics import silhouette_samples
 
 from app.ml.catalog import Algorithm
+from app.ml.cluster_separation import SILHOUETTE_SAMPLE_SIZE
 from app.ml.exceptions import HyperparameterError
-from app.ml.fitting import SILHOUETTE_SAMPLE_SIZE, FitResult, fit_model, plain
+from app.ml.fitting import FitResult, fit_model, plain
 
 # Per algorithm: which metric ranks candidates under each criterion, and in which direction.
 CRITERIA: dict[str, dict[str, str]] = {

@@ -410,6 +410,8 @@ def test_refit_without_outliers_equals_sklearn_on_the_kept_rows(blobs, algorithm
         "dropped_rows": int(np.sum(~keep)),
         "refit_rows": int(np.sum(keep)),
     }
+    # The training medians are those of the rows refitted on, bit for bit.
+    assert model.training_medians.tobytes() == np.median(X[keep], axis=0).tobytes()
     # The threshold is drawn from the refitted model's scores on every posted row.
     all_rows = refitted.anomaly_scores(X)
     assert_close(model.anomaly.threshold, np.quantile(all_rows, 1.0 - CONTAMINATION))

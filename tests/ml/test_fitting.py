@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator
 from sklearn.cluster import DBSCAN, KMeans, MiniBatchKMeans
+from sklearn.datasets import make_blobs
 from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
+from app.ml.anomaly import AnomalyThreshold
 from app.ml.catalog import ALGORITHMS
 from app.ml.exceptions import FitError, HyperparameterError, InferenceInputError
 from app.ml.fitting import FitResult, fit_model
@@ -538,3 +541,41 @@ def test_fit_model_does_not_change_the_callers_rows(blobs):
         contamination=CONTAMINATION,
     )
     np.testing.assert_array_equal(X, blobs.X)
+
+
+@pytest.mark.parametrize("n_rows", [30_000, 30_001])
+def test_a_large_kmeans_training_equals_scikit_learn_bit_for_bit(n_rows):
+    """Above the silhouette's sample size, every number the service computes its own way (the
+    separation metrics in one pass, the medians a column at a time, the threshold from the fast
+    distances) equals scikit-learn's or numpy's on the same rows, float for float."""
+    X, _ = make_blobs(n_samples=n_rows, n_features=16, centers=8, cluster_std=2.0, random_state=0)
+    params = {"n_clusters": 8, "n_init": 1, "random_state": 0}
+    # One thread: with more than two, KMeans adds its threads' partial sums in no fixed order.
+    with threadpool_limits(limits=1):
+        result = fit_model(
+            algorithm=ALGORITHMS["kmeans"],
+            params=params,
+            preprocessing=[],
+            X=X,
+            feature_names=None,
+            contamination=CONTAMINATION,
+        )
+        reference = KMeans(**params).fit(X)
+        distances = reference.transform(X)
+    model, metrics, labels = result.model, result.metrics, reference.labels_
+    assert model.estimator.cluster_centers_.tobytes() == reference.cluster_centers_.tobytes()
+    assert np.array_equal(model.estimator.labels_, labels)
+    assert metrics["inertia"] == reference.inertia_
+    assert metrics["n_iter"] == reference.n_iter_
+    assert metrics["cluster_sizes"] == np.bincount(labels).tolist()
+    assert metrics["silhouette"] == silhouette_score(X, labels, sample_size=2_000, random_state=0)
+    assert metrics["silhouette_sample_size"] == 2_000
+    assert metrics["davies_bouldin"] == davies_bouldin_score(X, labels)
+    assert metrics["calinski_harabasz"] == calinski_harabasz_score(X, labels)
+    expected = AnomalyThreshold.fit(distances.min(axis=1), CONTAMINATION)
+    assert model.anomaly.threshold == expected.threshold
+    assert model.anomaly.reference.tobytes() == expected.reference.tobytes()
+    assert model.anomaly.summary == expected.summary
+    new = np.linspace(0.0, 2.0 * expected.threshold, 101)
+    assert model.anomaly.percentiles(new).tobytes() == expected.percentiles(new).tobytes()
+    assert model.training_medians.tobytes() == np.median(X, axis=0).tobytes()
