@@ -68,16 +68,29 @@ class KeyRing:
     configured hash, in constant time and without stopping at a match, so that the time taken
     tells nothing about which key, or how much of one, matched."""
 
+    # Keys that matched, by what the client presented: a client sends the same key with every
+    # request, and the ring never changes, so a match holds. Only matches are kept (a stranger's
+    # guesses cannot fill it), and a hit tells a client nothing it did not send.
+    MATCHES_KEPT = 256
+
     def __init__(self, keys: list[ApiKey]) -> None:
         self.keys = tuple(keys)
+        self._matched: dict[str, ApiKey] = {}
 
     def __bool__(self) -> bool:
         return bool(self.keys)
 
     def authenticate(self, presented: str) -> ApiKey | None:
+        known = self._matched.get(presented)
+        if known is not None:
+            return known
         digest = hash_key(presented).encode()
         found = None
         for key in self.keys:
             if hmac.compare_digest(digest, key.sha256.encode()):
                 found = key
+        if found is not None:
+            if len(self._matched) >= self.MATCHES_KEPT:
+                self._matched.clear()
+            self._matched[presented] = found
         return found

@@ -190,6 +190,21 @@ def test_key_ring_checks_every_key() -> None:
     assert all(k.key_id == k.sha256[:8] for k in keys)
 
 
+def test_key_ring_keeps_matches_only_and_a_bounded_number_of_them() -> None:
+    keys = parse_api_keys(",".join(f"{hash_key(str(i))}:read" for i in range(3)))
+    ring = KeyRing(keys)
+    for guess in range(3, 3 + 2 * KeyRing.MATCHES_KEPT):
+        assert ring.authenticate(str(guess)) is None
+    assert ring._matched == {}  # a stranger's guesses are never kept
+    assert ring.authenticate("1") == keys[1] == ring.authenticate("1")
+    assert ring._matched == {"1": keys[1]}
+    many = KeyRing(parse_api_keys(",".join(f"{hash_key(str(i))}:read" for i in range(300))))
+    for i in range(300):
+        assert many.authenticate(str(i)) is not None
+        assert len(many._matched) <= KeyRing.MATCHES_KEPT
+    assert many.authenticate("299").key_id == hash_key("299")[:8]
+
+
 def test_open_service_beyond_loopback_warns_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
