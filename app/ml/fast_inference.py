@@ -165,7 +165,7 @@ class FastGaussianMixture(FastInference):
                 0.5 * n_features * np.log(dof),
                 0.5 * (log_lambda - n_features / estimator.mean_precision_),
             )
-        # For small batches' probabilities (see SMALL_BATCH_ROWS): every factor side by side, so
+        # For probabilities (see NORMALIZE_LIMIT): every factor side by side, so
         # that one product serves all components, and the constant terms added as one.
         self.folded_constant = -0.5 * self.log_2pi + self.log_det + self.log_weights
         if self.bayes_terms is not None:
@@ -236,28 +236,36 @@ class FastGaussianMixture(FastInference):
         return weighted
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        if X.shape[0] <= SMALL_BATCH_ROWS:
-            weighted = self._folded_weighted_log_prob(X)
-            if X.shape[0] == 1:  # a few floats: Python's arithmetic beats numpy's per-call cost
-                row = weighted[0].tolist()
-                top = max(row)
-                if abs(top) < NORMALIZE_LIMIT:  # False on NaN and infinities too
-                    exps = [math.exp(value - top) for value in row]
-                    total = sum(exps)
-                    return np.array([[value / total for value in exps]])
-            # The ufuncs' own reductions: numpy's method wrappers cost more than a row's work.
-            top = np.maximum.reduce(weighted, axis=1, keepdims=True)
-            if np.maximum.reduce(np.abs(top), axis=None) < NORMALIZE_LIMIT:  # False on NaN, inf
-                weighted -= top
-                np.exp(weighted, out=weighted)
-                weighted /= np.add.reduce(weighted, axis=1, keepdims=True)
-                return weighted
+        """Probabilities by the folded log-probabilities and ``exp(w - max) / sum`` (see
+        NORMALIZE_LIMIT), a block of rows at a time; a block holding a row past the limit takes
+        scikit-learn's own steps, bit for bit."""
+        if X.shape[0] == 1:  # a few floats: Python's arithmetic beats numpy's per-call cost
+            row = self._folded_weighted_log_prob(X)[0].tolist()
+            top = max(row)
+            if abs(top) < NORMALIZE_LIMIT:  # False on NaN and infinities too
+                exps = [math.exp(value - top) for value in row]
+                total = sum(exps)
+                return np.array([[value / total for value in exps]])
+        blocks = _row_blocks(X.shape[0])
+        if len(blocks) == 1:
+            return self._block_proba(X)
         out = np.empty((X.shape[0], self.n_components))
-        for rows in _row_blocks(X.shape[0]):
-            weighted = self.weighted_log_prob(X[rows])
-            weighted -= _logsumexp_rows(weighted)[:, None]
-            np.exp(weighted, out=out[rows])
+        for rows in blocks:
+            out[rows] = self._block_proba(X[rows])
         return out
+
+    def _block_proba(self, X: np.ndarray) -> np.ndarray:
+        weighted = self._folded_weighted_log_prob(X)
+        # The ufuncs' own reductions: numpy's method wrappers cost more than a small batch's work.
+        top = np.maximum.reduce(weighted, axis=1, keepdims=True)
+        if np.maximum.reduce(np.abs(top), axis=None) < NORMALIZE_LIMIT:  # False on NaN, inf
+            weighted -= top
+            np.exp(weighted, out=weighted)
+            weighted /= np.add.reduce(weighted, axis=1, keepdims=True)
+            return weighted
+        weighted = self.weighted_log_prob(X)
+        weighted -= _logsumexp_rows(weighted)[:, None]
+        return np.exp(weighted, out=weighted)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         out = np.empty(X.shape[0])
@@ -368,13 +376,13 @@ def _row_blocks(n_rows: int) -> list[slice]:
     return [slice(int(start), int(end)) for start, end in itertools.pairwise(bounds)]
 
 
-# A small batch's probabilities are computed in a few large array operations instead of many
-# small ones: the folded log-probabilities (``_folded_weighted_log_prob``), then exp(w - max) /
-# sum rather than scikit-learn's log-sum-exp (sixteen operations). A 1-row full mixture: 43 ->
-# 11 us. Within a few units in the last place of scikit-learn's probabilities (tested within
-# 1e-9 relative) while each row's largest log-probability is under NORMALIZE_LIMIT in size, so
-# that the rounding of the terms stays far below that; past it, scikit-learn's own steps.
-SMALL_BATCH_ROWS = 64
+# Probabilities are computed in a few large array operations instead of many small ones: the
+# folded log-probabilities (``_folded_weighted_log_prob``), then exp(w - max) / sum rather than
+# scikit-learn's log-sum-exp (sixteen operations). A 1-row full mixture: 43 -> 8 us; 100,000
+# rows: 69 -> 45 ms (scikit-learn: 110 ms). Within a few units in the last place of
+# scikit-learn's probabilities (tested within 1e-9 relative) while each row's largest
+# log-probability is under NORMALIZE_LIMIT in size, so that the rounding of the terms stays far
+# below that; a block of rows holding one past it takes scikit-learn's own steps, bit for bit.
 NORMALIZE_LIMIT = 1e4
 
 
