@@ -71,7 +71,8 @@ class InferenceFront:
             return
         started = time.perf_counter()
         state = scope["app"].state
-        headers = dict(scope["headers"])
+        # A header sent twice counts by its first value, as Starlette and the stack read it.
+        headers = dict(reversed(scope["headers"]))
         # Read the body only when the stack would: a key with the read scope, JSON, in size.
         if not (
             _has_read_key(state.key_ring, headers.get(b"authorization"))

@@ -114,12 +114,19 @@ def test_what_the_front_declines_gets_the_stacks_answer(served, answered):
     assert_problem(served.post(path, content=BODY), 401, "unauthorized")
     assert_problem(post(served, path, Authorization=f"Bearer {WRITER}"), 403, "forbidden")
     assert_problem(post(served, path, Authorization="Bearer nope"), 401, "unauthorized")
+    # A header sent twice counts by its first value, here as in the stack.
+    twice = [("Authorization", "Bearer nope"), ("Authorization", f"Bearer {READER}")]
+    twice.append(("Content-Type", "application/json"))
+    assert_problem(served.post(path, content=BODY, headers=twice), 401, "unauthorized")
+    twice = [("Authorization", f"Bearer {READER}"), ("Authorization", "Bearer nope")]
+    assert served.post(path, content=BODY, headers=twice).status_code == 200
     big = orjson.dumps({"instances": np.ones((20_000, 2))}, option=orjson.OPT_SERIALIZE_NUMPY)
     assert_problem(post(served, path, content=big), 413, "payload_too_large")
     assert_problem(
         post(served, path, **{"Content-Type": "text/plain"}), 415, "unsupported_media_type"
     )
-    assert answered == []  # none of these reached the front's answer: no key, no JSON, too big
+    assert answered == [True]  # only the last: no key, no JSON, too big never reach it
+    answered.clear()
 
     wrong_width = orjson.dumps({"instances": [[1.0, 2.0, 3.0]]})
     assert_problem(post(served, path, content=wrong_width), 422, "invalid_input")
