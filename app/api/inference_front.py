@@ -27,19 +27,16 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import presented_key
-from app.api.binary import npy_response, wants_npy
 from app.api.bodies import fast_rows_body, is_json_media
+from app.api.operation_answer import answer_operation
 from app.api.request_id import HEADER as REQUEST_ID_HEADER
 from app.api.request_id import request_id_of
-from app.api.responses import render_json
 from app.logging_config import request_id
 from app.registry.model_registry import LATEST
-from app.services import inference
 
 # /v1/models/{name}/{operation} and /v1/models/{name}/versions/{version}/{operation}, as
 # Starlette matches them (a path parameter is anything but '/').
 _PATH = re.compile(r"^/v1/models/([^/]+)/(?:versions/([^/]+)/)?([a-z_]+)$")
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 # Larger bodies (or bodies of unknown length) go to the stack: their work dwarfs its cost, and
 # it reads them into one buffer, held once rather than as chunks plus their join.
 FRONT_MAX_BODY_BYTES = 64 * 1024
@@ -140,22 +137,14 @@ class InferenceFront:
             return None
         token = request_id.set(id_of_request)
         try:
-            result = await inference.perform(
-                registry=state.registry,
+            accept = headers.get(b"accept")
+            return await answer_operation(
+                state=state,
                 version=version,
                 operation=operation_name,
-                body=parsed.fields,
-                rows=parsed.rows,
-                rows_at=parsed.rows_at,
-                settings=state.settings,
+                parsed=parsed,
+                accept=accept.decode("latin-1") if accept else None,
             )
-            accept = headers.get(b"accept")
-            if accept and wants_npy(accept.decode("latin-1")):
-                response = npy_response(operation_name, result)
-                return bytes(response.body), [
-                    (k, v) for k, v in response.raw_headers if k != b"content-length"
-                ]
-            return render_json(result), _JSON_HEADERS
         except Exception:  # the stack runs it again and answers with its own error
             return None
         finally:

@@ -11,14 +11,13 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from app.api.auth import AUTH_ERRORS, BEARER_SCHEME, authorize
-from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER, npy_response, wants_npy
+from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER
 from app.api.bodies import parse_rows_body
 from app.api.deps import resolve_version
 from app.api.inference_front import FrontOperation
-from app.api.responses import FastJSONResponse
+from app.api.operation_answer import AnswerResponse, answer_operation
 from app.api.schemas import Problem
 from app.registry.model_registry import LATEST
-from app.services import inference
 
 OPERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such model, version or alias."},
@@ -149,18 +148,14 @@ def add_operation(
         state = request.app.state
         version = await resolve_version(state.registry, request.path_params["name"], ref)
         parsed = await parse_rows_body(request, body_model, optional=body_optional)
-        result = await inference.perform(
-            registry=state.registry,
+        body, headers = await answer_operation(
+            state=state,
             version=version,
             operation=operation,
-            body=parsed.fields,
-            rows=parsed.rows,
-            rows_at=parsed.rows_at,
-            settings=state.settings,
+            parsed=parsed,
+            accept=request.headers.get("accept"),
         )
-        if wants_npy(request.headers.get("accept")):
-            return npy_response(operation, result)
-        return FastJSONResponse(result)
+        return AnswerResponse(body, headers)
 
     async def on_latest(request: Request) -> Response:
         return await run(request, LATEST)
