@@ -53,6 +53,8 @@ class FrontOperation:
 
 
 class InferenceFront:
+    """The ASGI layer; ``app`` is what it hands every other request to."""
+
     def __init__(self, app: ASGIApp, operations: dict[str, FrontOperation]) -> None:
         self.app = app
         self.operations = operations
@@ -126,7 +128,7 @@ class InferenceFront:
         raw: bytes,
         headers: dict[bytes, bytes],
         id_of_request: str,
-    ) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+    ) -> tuple[bytes | memoryview, list[tuple[bytes, bytes]]] | None:
         """The 200 answer's body and content headers, or None when the stack must answer."""
         name, ref, operation_name = matched.groups()
         version = state.registry.resolved(name, ref or LATEST)

@@ -19,7 +19,7 @@ JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 
 async def answer_operation(
     *, state: Any, version: ModelVersion, operation: str, parsed: ParsedBody, accept: str | None
-) -> tuple[bytes, Headers]:
+) -> tuple[bytes | memoryview, Headers]:
     """The answer's body and content headers (no length): ``.npy`` when ``accept`` prefers
     it, else JSON. ``state``: the app's, with its registry and settings."""
     result = await inference.perform(
@@ -33,7 +33,8 @@ async def answer_operation(
     )
     if accept and wants_npy(accept):
         response = npy_response(operation, result)
-        return bytes(response.body), [
+        # The buffer the array was written into, as it is: a copy would be one more answer held.
+        return response.body, [
             (key, value) for key, value in response.raw_headers if key != b"content-length"
         ]
     return render_json(result), JSON_HEADERS
@@ -42,7 +43,7 @@ async def answer_operation(
 class AnswerResponse(Response):
     """A 200 of an answer's body and content headers, as ``answer_operation`` wrote them."""
 
-    def __init__(self, body: bytes, headers: Headers) -> None:
+    def __init__(self, body: bytes | memoryview, headers: Headers) -> None:
         self.status_code = 200
         self.background = None
         self.body = body
