@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             blas_limit.restore_original_limits()
             await run_in_threadpool(app.state.runner.shutdown)
+            await run_in_threadpool(app.state.registry.close)
             engine.dispose()
 
     app = LloydApp(

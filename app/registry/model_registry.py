@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -81,7 +83,10 @@ class ModelRegistry:
         self.resolutions = ResolutionCache(
             RegistryStamp(store.root / "registry.stamp", temp_dir=store.folder),
             max_age_seconds=resolution_max_age_seconds,
+            refresh=self._refresh_soon,
         )
+        self._refresher: ThreadPoolExecutor | None = None
+        self._refresher_lock = threading.Lock()
         self.allow_version_drift = allow_version_drift
         self._drift_warned: set[tuple[str, int, str]] = set()
         self._write_engine = engine.execution_options(**WRITE)
@@ -185,6 +190,38 @@ class ModelRegistry:
         """The version ``get_version`` would return, if it is known without a query (no
         registry write since it was looked up); else None."""
         return self.resolutions.get(name, str(ref))
+
+    def _refresh_soon(self, name: str, ref: str) -> None:
+        # One background thread, created on first use: renewals are rare (one per key per half
+        # age) and must neither block a request nor take a thread a request is waiting for.
+        with self._refresher_lock:
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="lloyd-resolutions"
+                )
+            try:
+                self._refresher.submit(self._refresh, name, ref)
+            except RuntimeError:  # the interpreter is shutting down: let the entry expire
+                self.resolutions.refreshed(name, ref)
+
+    def _refresh(self, name: str, ref: str) -> None:
+        gone = failed = False
+        try:
+            self.get_version(name, ref)
+        except (ModelNotFound, VersionNotFound):
+            gone = True
+        except Exception as exc:  # the database is away: the entry expires, requests query
+            failed = True
+            log.warning("renewing the resolution of %s/%s failed: %s", name, ref, exc)
+        finally:
+            self.resolutions.refreshed(name, ref, gone=gone, failed=failed)
+
+    def close(self) -> None:
+        """Stops the renewal thread (after its current query); the registry stays usable."""
+        with self._refresher_lock:
+            refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.shutdown(wait=True, cancel_futures=True)
 
     def list_versions(
         self, name: str, *, offset: int, limit: int

@@ -8,6 +8,12 @@ is the one it was read under (one ``stat``, about a microsecond) and it is young
 configured age. Processes sharing the store (uvicorn workers, replicas on one host) therefore
 see each other's deletes at once; replicas on other hosts, whose file attributes may be cached
 by a network file system, within ``max_age_seconds``.
+
+A resolution in use is renewed before it expires: the first read past half its age asks for a
+refresh (one query, in the background, never more than one per key at a time) and is answered
+from the cache meanwhile. Under steady traffic no request waits for an expired resolution's
+query, which made the slowest 1% of 1-row requests up to twice as slow; the age still bounds
+staleness, since an entry not renewed in time expires as before.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from app.registry.artifacts import TEMP_PREFIX
@@ -27,6 +34,9 @@ from app.registry.records import ModelVersion
 log = logging.getLogger(__name__)
 
 Stamp = tuple[int, int, int] | None
+
+# A resolution read when older than this share of the maximum age is renewed in the background.
+REFRESH_AFTER = 0.5
 
 
 class RegistryStamp:
@@ -57,11 +67,22 @@ class RegistryStamp:
 class ResolutionCache:
     """``(name, ref) -> ModelVersion`` while the registry stamp has not changed."""
 
-    def __init__(self, stamp: RegistryStamp, *, max_age_seconds: float, size: int = 4096) -> None:
+    def __init__(
+        self,
+        stamp: RegistryStamp,
+        *,
+        max_age_seconds: float,
+        size: int = 4096,
+        refresh: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.stamp = stamp
         self.max_age = max_age_seconds
         self.size = size
+        # Called (under no lock) with a key due for renewal; it must not block, and must call
+        # ``refreshed`` when done, whatever the outcome.
+        self.refresh = refresh
         self._entries: OrderedDict[tuple[str, str], tuple[ModelVersion, float]] = OrderedDict()
+        self._refreshing: set[tuple[str, str]] = set()
         self._seen: Stamp = None
         self._lock = threading.Lock()
 
@@ -78,10 +99,32 @@ class ResolutionCache:
             if entry is None:
                 return None
             version, stored = entry
-            if time.monotonic() - stored > self.max_age:
+            age = time.monotonic() - stored
+            if age > self.max_age:
                 del self._entries[(name, ref)]
+                self._refreshing.discard((name, ref))
                 return None
-            return version
+            renew = (
+                age > self.max_age * REFRESH_AFTER
+                and self.refresh is not None
+                and (name, ref) not in self._refreshing
+            )
+            if renew:
+                self._refreshing.add((name, ref))
+        if renew:
+            self.refresh(name, ref)  # type: ignore[misc]
+        return version
+
+    def refreshed(self, name: str, ref: str, *, gone: bool = False, failed: bool = False) -> None:
+        """A renewal asked for by ``get`` has ended. ``gone``: the version no longer exists
+        (deleted by a host whose stamp this one does not see), so it is dropped. ``failed``
+        (the database is away): no other renewal is tried for it; it expires, and the next
+        request's own lookup reports what is wrong."""
+        with self._lock:
+            if gone:
+                self._entries.pop((name, ref), None)
+            if not failed:
+                self._refreshing.discard((name, ref))
 
     def before_lookup(self) -> Stamp:
         """The stamp to file a lookup's result under: read *before* the query, so that a write
@@ -96,6 +139,7 @@ class ResolutionCache:
                 self._entries.clear()
                 self._seen = stamp
             self._entries[(name, ref)] = (version, time.monotonic())
+            self._refreshing.discard((name, ref))
             if len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 

@@ -118,3 +118,90 @@ def test_a_file_missing_under_a_live_row_is_still_an_integrity_error(
     (registry.store.root / version.artifact_path).unlink()
     with pytest.raises(ArtifactIntegrityError):
         registry.load(version)
+
+
+def wait_for_renewal(registry: ModelRegistry, name: str, ref: str) -> None:
+    deadline = time.monotonic() + 5
+    while (name, ref) in registry.resolutions._refreshing:
+        assert time.monotonic() < deadline, "the renewal never ended"
+        time.sleep(0.005)
+
+
+def test_a_resolution_in_use_is_renewed_before_it_expires(engine, store_root, trained) -> None:
+    registry = caching(engine, store_root, max_age=1.0)
+    registry.register("m", trained().new, trained().model)
+    first = registry.get_version("m", "latest")
+    seen = queries(engine)
+    time.sleep(0.55)  # past half the age: this read asks for a renewal and is still answered
+    assert registry.resolved("m", "latest") == first
+    wait_for_renewal(registry, "m", "latest")
+    assert seen, "the renewal queried the database"
+    time.sleep(0.6)  # 1.15 s after the lookup, 0.6 s after the renewal
+    assert registry.resolved("m", "latest") == first
+    registry.close()
+
+
+def test_one_renewal_at_a_time_per_resolution(engine, store_root, trained, monkeypatch) -> None:
+    registry = caching(engine, store_root, max_age=1.0)
+    registry.register("m", trained().new, trained().model)
+    registry.get_version("m", "latest")
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(registry, "_refresh_soon", lambda *key: asked.append(key))
+    registry.resolutions.refresh = registry._refresh_soon
+    time.sleep(0.55)
+    for _ in range(20):
+        assert registry.resolved("m", "latest") is not None
+    assert asked == [("m", "latest")]
+    registry.resolutions.refreshed("m", "latest")
+    registry.resolved("m", "latest")
+    assert asked == [("m", "latest")] * 2
+
+
+def test_a_renewal_drops_a_version_deleted_where_the_stamp_is_not_seen(
+    engine, store_root, trained
+) -> None:
+    # Another host deleted the version: its stamp bump is not visible here (another store
+    # mount), only the database says so.
+    registry = caching(engine, store_root, max_age=1.0)
+    registry.register("m", trained().new, trained().model)
+    registry.get_version("m", "1")
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM model_versions"))
+    time.sleep(0.55)
+    assert registry.resolved("m", "1") is not None  # still within its age
+    wait_for_renewal(registry, "m", "1")
+    assert registry.resolved("m", "1") is None
+    registry.close()
+
+
+def test_a_failed_renewal_leaves_the_entry_to_expire(
+    engine, store_root, trained, monkeypatch, caplog
+) -> None:
+    registry = caching(engine, store_root, max_age=1.0)
+    registry.register("m", trained().new, trained().model)
+    first = registry.get_version("m", "latest")
+
+    def database_away() -> None:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    tries: list[object] = []
+    monkeypatch.setattr(registry, "get_version", lambda *a: tries.append(a) or database_away())
+    time.sleep(0.55)
+    assert registry.resolved("m", "latest") == first
+    deadline = time.monotonic() + 5
+    while "renewing the resolution of m/latest failed" not in caplog.text:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    for _ in range(10):  # served until its age runs out, with no second try meanwhile
+        assert registry.resolved("m", "latest") == first
+    time.sleep(0.5)
+    assert registry.resolved("m", "latest") is None
+    assert len(tries) == 1
+    monkeypatch.undo()
+    assert registry.get_version("m", "latest") == first  # the database is back
+    seen = queries(engine)
+    time.sleep(0.55)
+    registry.resolved("m", "latest")
+    wait_for_renewal(registry, "m", "latest")
+    assert seen, "renewals resume"
+    registry.close()
