@@ -30,7 +30,7 @@ from app.api.auth import presented_key
 from app.api.bodies import fast_rows_body, is_json_media
 from app.api.operation_answer import answer_operation
 from app.api.request_id import HEADER as REQUEST_ID_HEADER
-from app.api.request_id import request_id_of
+from app.api.request_id import request_id_from
 from app.logging_config import request_id
 from app.registry.model_registry import LATEST
 
@@ -99,7 +99,7 @@ class InferenceFront:
                 break
         if messages[-1]["type"] == "http.request" and size <= limit:
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            value = request_id_of(scope)
+            value = request_id_from(headers.get(REQUEST_ID_HEADER))
             answer = await self._answer(state, matched, operation, raw, headers, value)
             if answer is not None:
                 body, content_headers = answer

@@ -68,8 +68,14 @@ _COUNTER = itertools.count(1)
 
 def request_id_of(scope: Scope) -> str:
     """The request's id: the client's ``X-Request-ID`` when it is a sane one, else a new one."""
-    given = next((v for k, v in scope["headers"] if k == HEADER), b"")
-    return given.decode() if _SAFE.match(given) else f"{_PREFIX}{next(_COUNTER):016x}"
+    return request_id_from(next((v for k, v in scope["headers"] if k == HEADER), None))
+
+
+def request_id_from(given: bytes | None) -> str:
+    """``request_id_of`` from the ``X-Request-ID`` header's (first) value, if any."""
+    if given is not None and _SAFE.match(given):
+        return given.decode()
+    return f"{_PREFIX}{next(_COUNTER):016x}"
 
 
 def internal_error():

@@ -44,6 +44,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+# Largest (components^2 x features) for which a 1-row full mixture sums squares by one product
+# (64 components of 16 features; the matrix then holds 512 KiB).
+_GROUP_ELEMENTS = 1 << 16
+
 # Elements of the (components x rows x features) temporary of a full or tied mixture: above it,
 # components are taken a few at a time (a 1-row call always takes them all at once).
 _BLOCK_ELEMENTS = 1 << 21
@@ -170,10 +174,17 @@ class FastGaussianMixture(FastInference):
         self.folded_constant = -0.5 * self.log_2pi + self.log_det + self.log_weights
         if self.bayes_terms is not None:
             self.folded_constant += self.bayes_terms[1] - self.bayes_terms[0]
+        self.folded_constants = self.folded_constant.tolist()
+        # A 1-row full mixture adds each component's squares by one product with a matrix of
+        # -0.5 blocks, where that matrix is small: one BLAS call instead of a reshape and a
+        # batched product.
+        self.group_halves: np.ndarray | None = None
         if self.covariance_type == "full":
             self.wide_prec = np.ascontiguousarray(np.concatenate(list(prec_chol), axis=1))
             self.wide_mean_prec = self.mean_prec.reshape(-1)
             self.minus_halves = np.full(n_features, -0.5)
+            if self.n_components**2 * n_features <= _GROUP_ELEMENTS:
+                self.group_halves = np.kron(np.eye(self.n_components), self.minus_halves[:, None])
 
     def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
         """log p(x | component) + log weight, (n_samples, n_components)."""
@@ -235,14 +246,25 @@ class FastGaussianMixture(FastInference):
         weighted += self.folded_constant
         return weighted
 
+    def _one_row_weighted_log_prob(self, X: np.ndarray) -> list[float]:
+        """``_folded_weighted_log_prob`` of one row, as Python floats, in fewer numpy calls."""
+        if self.group_halves is None:
+            return self._folded_weighted_log_prob(X)[0].tolist()
+        y = np.dot(X[0], self.wide_prec)
+        np.subtract(y, self.wide_mean_prec, out=y)
+        np.multiply(y, y, out=y)
+        halved = np.dot(y, self.group_halves).tolist()
+        return [c + h for c, h in zip(self.folded_constants, halved, strict=True)]
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities by the folded log-probabilities and ``exp(w - max) / sum`` (see
         NORMALIZE_LIMIT), a block of rows at a time; a block holding a row past the limit takes
         scikit-learn's own steps, bit for bit."""
         if X.shape[0] == 1:  # a few floats: Python's arithmetic beats numpy's per-call cost
-            row = self._folded_weighted_log_prob(X)[0].tolist()
+            row = self._one_row_weighted_log_prob(X)
             top = max(row)
-            if abs(top) < NORMALIZE_LIMIT:  # False on NaN and infinities too
+            # Every term finite (a NaN or an infinity makes the sum so) and in range.
+            if math.isfinite(sum(row)) and abs(top) < NORMALIZE_LIMIT:
                 exps = [math.exp(value - top) for value in row]
                 total = sum(exps)
                 return np.array([[value / total for value in exps]])

@@ -81,7 +81,7 @@ class ModelRegistry:
         self.store = store
         self.cache = cache
         self.resolutions = ResolutionCache(
-            RegistryStamp(store.root / "registry.stamp", temp_dir=store.folder),
+            RegistryStamp(store.root / "registry.stamp"),
             max_age_seconds=resolution_max_age_seconds,
             refresh=self._refresh_soon,
         )
@@ -217,11 +217,13 @@ class ModelRegistry:
             self.resolutions.refreshed(name, ref, gone=gone, failed=failed)
 
     def close(self) -> None:
-        """Stops the renewal thread (after its current query); the registry stays usable."""
+        """Stops the renewal thread (after its current query) and closes the stamp file; the
+        registry stays usable (both come back when next needed)."""
         with self._refresher_lock:
             refresher, self._refresher = self._refresher, None
         if refresher is not None:
             refresher.shutdown(wait=True, cancel_futures=True)
+        self.resolutions.stamp.close()
 
     def list_versions(
         self, name: str, *, offset: int, limit: int

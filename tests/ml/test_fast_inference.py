@@ -229,6 +229,32 @@ def test_probabilities_within_1e_9_on_any_rows(
     assert_same(fast.predict_proba(X), est.predict_proba(X), bitwise=False)
 
 
+@pytest.mark.parametrize(("n_features", "n_components"), [(16, 8), (16, 65), (1, 1)])
+def test_one_row_probabilities_by_either_sum_of_squares(n_features, n_components) -> None:
+    """A 1-row full mixture sums each component's squares by one product with a block matrix,
+    where that matrix is small (8 x 16), else by the batched product (65 x 16); both within
+    1e-9 of scikit-learn."""
+    est = GaussianMixture(n_components, max_iter=5, random_state=0).fit(
+        blobs(n_features, 8, 1.0).repeat(3, axis=0)
+    )
+    fast = compile_fast(est)
+    assert (fast.group_halves is not None) == (n_components**2 * n_features <= 1 << 16)
+    for seed in range(20):
+        X = rows(1, n_features, 1.0, seed=seed)
+        assert_same(fast.predict_proba(X), est.predict_proba(X), bitwise=False)
+
+
+@pytest.mark.parametrize("magnitude", [1e150, 1e160, 1e300])
+def test_one_row_whose_squares_overflow_takes_sklearns_steps(magnitude: float) -> None:
+    """Squares past float64 make infinities (and, multiplied by the block matrix's zeros,
+    NaN): such a row is computed by scikit-learn's steps, not normalized here."""
+    est = GaussianMixture(8, random_state=0).fit(blobs(16, 8, 1.0))
+    fast = compile_fast(est)
+    X = np.full((1, 16), magnitude)
+    with np.errstate(all="ignore"):
+        assert_same(fast.predict_proba(X), est.predict_proba(X), bitwise=True)
+
+
 # -- preprocessing ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "pipeline",

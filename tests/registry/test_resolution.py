@@ -12,6 +12,7 @@ from app.errors import ArtifactIntegrityError, ModelNotFound, VersionNotFound
 from app.registry.artifacts import ArtifactStore
 from app.registry.cache import ModelCache
 from app.registry.model_registry import ModelRegistry
+from app.registry.resolution import RegistryStamp
 
 
 def caching(engine: sa.Engine, store_root, max_age: float = 60.0) -> ModelRegistry:
@@ -204,4 +205,60 @@ def test_a_failed_renewal_leaves_the_entry_to_expire(
     registry.resolved("m", "latest")
     wait_for_renewal(registry, "m", "latest")
     assert seen, "renewals resume"
+    registry.close()
+
+
+def test_stamps_on_one_file_see_each_others_writes_at_once(tmp_path) -> None:
+    writer, reader = RegistryStamp(tmp_path / "stamp"), RegistryStamp(tmp_path / "stamp")
+    before = reader.read()
+    assert before is not None and len(before) == RegistryStamp.LENGTH
+    assert writer.read() == before
+    writer.bump()
+    assert reader.read() == writer.read() != before
+    reader.close()
+    writer.close()
+
+
+def test_a_stamp_file_replaced_or_recreated_is_followed(tmp_path, monkeypatch) -> None:
+    # An older Lloyd replaced the file on each write; an operator may delete it.
+    path = tmp_path / "stamp"
+    reader = RegistryStamp(path)
+    before = reader.read()
+    monkeypatch.setattr(RegistryStamp, "RECHECK_SECONDS", 0.0)
+    (tmp_path / "new").write_bytes(b"\x01" * 40)
+    (tmp_path / "new").replace(path)
+    replaced = reader.read()
+    assert replaced != before and replaced == b"\x01" * RegistryStamp.LENGTH
+    path.unlink()
+    recreated = reader.read()  # made again, with a value of its own
+    assert path.exists() and recreated not in (before, replaced, None)
+    RegistryStamp(path).bump()
+    assert reader.read() != recreated
+    reader.close()
+
+
+def test_an_older_short_stamp_is_lengthened_and_counts_as_a_change(tmp_path) -> None:
+    (tmp_path / "stamp").write_bytes(b"abc")
+    stamp = RegistryStamp(tmp_path / "stamp")
+    value = stamp.read()
+    assert value is not None and len(value) == RegistryStamp.LENGTH and value[:3] != b"abc"
+    stamp.close()
+
+
+def test_an_unreadable_stamp_trusts_no_resolution(engine, store_root, trained, monkeypatch):
+    registry = caching(engine, store_root)
+    registry.register("m", trained().new, trained().model)
+    registry.get_version("m", "latest")
+    assert registry.resolved("m", "latest") is not None
+
+    def failing(*args: object) -> bytes:
+        raise OSError("stale file handle")
+
+    monkeypatch.setattr("app.registry.resolution.os.pread", failing)
+    assert registry.resolved("m", "latest") is None
+    registry.get_version("m", "latest")  # looked up, but not filed under an unknown state
+    assert registry.resolved("m", "latest") is None
+    monkeypatch.undo()
+    registry.get_version("m", "latest")
+    assert registry.resolved("m", "latest") is not None
     registry.close()
