@@ -117,8 +117,9 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         description="How long a resolved `{name}/{version}` is reused without a database "
-        "query. Any registry write in this store (a new version, a delete, an alias) drops it "
-        "at once; the age only bounds staleness across hosts. 0: query every request.",
+        "query; one in use is renewed in the background past half this age. Any registry "
+        "write in this store (a new version, a delete, an alias) drops it at once; the age "
+        "only bounds staleness across hosts. 0: query every request.",
     )
     inline_work_limit: int = Field(
         20_000,
