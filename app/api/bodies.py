@@ -1,13 +1,18 @@
 """Request bodies that carry rows, parsed without a pydantic object per number.
 
-A JSON body is decoded once by msgspec, which reads ``instances`` as tuples of floats and
-refuses, as it reads, anything else (a string, ``true``, ``null``, a number beyond float64);
-the tuples become one float64 matrix in a single numpy call, and only the few other fields are
-validated by the pydantic model. Whenever the fast path is not certain (a refused value, ragged
-or empty rows, ``records``, a field the model refuses), the body is validated by the pydantic
-model as a whole instead, so that every error is the one the schema gives, with its exact
-location. A
-``.npy`` body is read as the rows themselves (see ``app.api.binary``).
+A large JSON body whose only field is ``instances`` is parsed by simdjson straight into one
+float64 buffer, with no Python object per number (100,000 x 16 rows: about 60 ms, against about
+290 ms for msgspec's tuples and the matrix made from them); its rows are then checked to be
+arrays of one length with nothing nested. Any other JSON body is decoded once by msgspec, which
+reads ``instances`` as tuples of floats and refuses, as it reads, anything else (a string,
+``true``, ``null``, a number beyond float64); the tuples become one float64 matrix in a single
+numpy call, and only the few other fields are validated by the pydantic model. Both read every
+number as the same correctly rounded float64 (tested bit for bit). A body of more than
+``THREAD_PARSE_MIN_BYTES`` is parsed in the thread pool, never on the event loop. Whenever the
+fast path is not certain (a refused value, ragged or empty rows, ``records``, a field the model
+refuses), the body is validated by the pydantic model as a whole instead, so that every error is
+the one the schema gives, with its exact location. A ``.npy`` body is read as the rows
+themselves (see ``app.api.binary``).
 """
 
 from __future__ import annotations
@@ -20,14 +25,22 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import numpy as np
 import orjson
+import simdjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from app.api.binary import NPY_MEDIA_TYPE, REQUEST_HEADER, read_npy, request_fields
 from app.errors import InvalidInput, LloydError, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
+
+# JSON bodies from this size on are parsed by simdjson (below it, msgspec is as fast: a parser
+# and its proxies cost a few microseconds a request).
+BUFFER_PARSE_MIN_BYTES = 1 << 16
+# Bodies from this size on are parsed in the thread pool (a 1 MiB body takes about 10 ms).
+THREAD_PARSE_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,53 @@ def _rows_decoder(model: type[BaseModel]) -> msgspec.json.Decoder:
     return msgspec.json.Decoder(struct)
 
 
+def _rows_by_buffer(raw: bytes | bytearray) -> np.ndarray | None:
+    """The rows of a body whose only field is ``instances``, a non-empty list of equally long,
+    non-empty lists of numbers, as a float64 matrix; else None (nothing is wrong with the body
+    for that: msgspec and the model decide)."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return None  # simdjson skips a byte order mark; JSON (and the schema) refuses it
+    try:
+        document = simdjson.Parser().parse(raw)
+        if not isinstance(document, simdjson.Object) or list(document.keys()) != ["instances"]:
+            return None  # another field, or "instances" twice: msgspec and the model read it
+        rows = document["instances"]
+        if not isinstance(rows, simdjson.Array) or len(rows) == 0:
+            return None
+        # Every leaf a number (true, null, a string: TypeError), however deeply nested.
+        flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+        width = len(rows[0]) if isinstance(rows[0], simdjson.Array) else 0
+        if width == 0 or flat.size != len(rows) * width:
+            return None
+        for row in rows:
+            if not isinstance(row, simdjson.Array) or len(row) != width:
+                return None
+    except (ValueError, TypeError, RuntimeError):  # malformed, not a number, beyond int64
+        return None
+    # Every row is an array, so the document holds the outer array, one per row and, past
+    # that, only arrays nested inside rows; numbers and the key hold no bracket.
+    if _count_byte(raw, ord("[")) != len(rows) + 1:
+        return None
+    return flat.reshape(len(rows), width)
+
+
+def _count_byte(data: bytes | bytearray, value: int, chunk: int = 1 << 20) -> int:
+    """How many bytes of ``data`` equal ``value``: numpy, a megabyte at a time (three times
+    ``bytes.count``'s speed, with a bounded temporary)."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    return sum(
+        int(np.count_nonzero(view[start : start + chunk] == value))
+        for start in range(0, len(view), chunk)
+    )
+
+
 def _fast(model: type[M], raw: bytes) -> ParsedBody[M] | None:
     """The body with its rows as a float64 matrix, when it is certainly valid; else None."""
+    if len(raw) >= BUFFER_PARSE_MIN_BYTES and (X := _rows_by_buffer(raw)) is not None:
+        try:
+            return ParsedBody(_rows_only(model), X)
+        except ValidationError:
+            return None  # another field is required: the full validation says so
     try:
         decoded = _rows_decoder(model).decode(raw)
     except msgspec.DecodeError:
@@ -148,6 +206,12 @@ async def parse_rows_body(
         raise RequestValidationError(
             [{"loc": ("body",), "msg": "Field required", "type": "missing", "input": None}]
         )
+    if len(raw) >= THREAD_PARSE_MIN_BYTES:
+        return await run_in_threadpool(_parse_json, model, raw)
+    return _parse_json(model, raw)
+
+
+def _parse_json(model: type[M], raw: bytes | bytearray) -> ParsedBody[M]:
     if "instances" in model.model_fields and (parsed := _fast(model, raw)) is not None:
         return parsed
     return ParsedBody(_validate_json(model, raw))

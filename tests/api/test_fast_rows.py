@@ -1,6 +1,8 @@
 """The JSON fast path for rows (app.api.bodies): every body gets exactly the answer the schema-only
 path gives (pydantic validates the whole body, the rows become a matrix, scikit-learn runs on
-it), to the last bit, and every body the fast path is unsure of gets the schema's own error."""
+it), to the last bit, and every body the fast path is unsure of gets the schema's own error.
+The equivalence and tricky-body tests run with each of the fast path's two parsers: msgspec
+(small bodies) and simdjson's buffer (large bodies; here every body, its size limit lowered)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from sklearn.cluster import KMeans
 
+from app.api import bodies
 from app.api.schemas import AnomaliesRequest, CriterionRequest, InferenceRequest
 from app.main import create_app
 from tests.api.contract import BLOBS, assert_problem, new_rows, training_body
@@ -43,6 +46,15 @@ EQUIVALENCE_CALLS = [
     ("mixture", "score_samples"),
     ("mixture", "bic"),
 ]
+
+
+@pytest.fixture(params=["msgspec", "buffer"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fast path's parser for every body of the test: msgspec's tuples, or simdjson's
+    buffer (normally for bodies from 64 KiB)."""
+    if request.param == "buffer":
+        monkeypatch.setattr(bodies, "BUFFER_PARSE_MIN_BYTES", 0)
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +199,8 @@ matrices = st.lists(st.lists(values, min_size=2, max_size=2), min_size=1, max_si
     max_examples=25,
     deadline=None,
     derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
+    # ``parser`` holds for the whole run of examples, as intended.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(rows=matrices)
 @example(rows=[[1e308, -1e308], [-0.0, 5e-324]])
@@ -195,7 +208,7 @@ matrices = st.lists(st.lists(values, min_size=2, max_size=2), min_size=1, max_si
 @example(rows=[[-0.0, -0.0], [0, 0], [2.2250738585072009e-308, 3]])
 @example(rows=new_rows(BLOBS).tolist())
 def test_fast_path_answers_what_the_schema_path_answers(
-    served: TestClient, kmeans: KMeans, rows: list[list[float | int]]
+    served: TestClient, kmeans: KMeans, parser: str, rows: list[list[float | int]]
 ) -> None:
     raw = json.dumps({"instances": rows}).encode()
     # The escaped key makes the fast path step aside: the same body through pydantic alone.
@@ -244,6 +257,11 @@ TRICKY_BODIES = [
     pytest.param("predict", instances("[[[]]]"), id="empty-list-in-row"),
     pytest.param("predict", instances("[[{}]]"), id="object-in-row"),
     pytest.param("predict", instances("[[1, 2], 3]"), id="number-as-row"),
+    # as many numbers as a rectangle would hold, every row as long as the first
+    pytest.param("predict", instances("[[1, [2, 3]], 4]"), id="nested-and-number-rows"),
+    pytest.param("predict", instances("[[1, []], [2, [3, 4]]]"), id="nested-empty-and-pair"),
+    pytest.param("predict", instances("[[1, 2], [[3, 4]]]"), id="row-holding-a-row"),
+    pytest.param("predict", instances("[[1, 2], [3, 4]]", ', "x": [5]'), id="list-elsewhere"),
     pytest.param("predict", instances("[[1, 2], null]"), id="null-as-row"),
     # shapes
     pytest.param("predict", instances("[[1, 2], [3]]"), id="ragged"),
@@ -331,7 +349,7 @@ TRICKY_BODIES = [
 
 @pytest.mark.parametrize(("operation", "raw"), TRICKY_BODIES)
 def test_tricky_bodies_get_the_schema_answer(
-    served: TestClient, kmeans: KMeans, operation: str, raw: bytes
+    served: TestClient, kmeans: KMeans, parser: str, operation: str, raw: bytes
 ) -> None:
     name = "mixture" if operation == "bic" else "blobs"
     response = post(served, name, operation, raw)
@@ -392,3 +410,31 @@ def test_integers_beyond_64_bits_are_rounded_like_the_schema(served: TestClient)
     )
     assert fast.status_code == slow.status_code == 200, fast.text
     assert fast.json() == slow.json()
+
+
+@pytest.mark.parametrize("n_rows", [3_000, 40_000])  # about 110 KiB and 1.5 MiB of JSON
+def test_large_bodies_take_the_buffer_and_answer_bit_for_bit(
+    served: TestClient, kmeans: KMeans, n_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At their real sizes: from 64 KiB simdjson reads the rows, from 1 MiB in the thread pool;
+    the answers are scikit-learn's, and a defect deep inside gets the schema's own error."""
+    read: list[int] = []
+    real = bodies._rows_by_buffer
+    monkeypatch.setattr(bodies, "_rows_by_buffer", lambda raw: read.append(len(raw)) or real(raw))
+    X = np.random.default_rng(n_rows).normal(scale=10, size=(n_rows, BLOBS.shape[1]))
+    raw = json.dumps({"instances": X.tolist()}).encode()
+    assert len(raw) >= bodies.BUFFER_PARSE_MIN_BYTES
+    assert (len(raw) >= bodies.THREAD_PARSE_MIN_BYTES) == (n_rows > 10_000)
+    response = post(served, "blobs", "transform", raw)
+    assert response.status_code == 200, response.text
+    assert read == [len(raw)]
+    assert_same_answer(response.json(), sklearn_answer(kmeans, "transform", X))
+    rows = X.tolist()
+    rows[-2] = rows[-2][:1]
+    assert_refused(
+        post(served, "blobs", "predict", json.dumps({"instances": rows}).encode()),
+        Refusal(422, "invalid_input", [f"/instances/{n_rows - 2}"]),
+    )
+    rows[-2] = [True, 1.0]
+    refused = post(served, "blobs", "predict", json.dumps({"instances": rows}).encode())
+    assert_refused(refused, schema_rows(json.dumps({"instances": rows}).encode(), "predict"))
