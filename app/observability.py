@@ -40,6 +40,13 @@ LATENCY_BUCKETS = (
 )
 
 
+REQUESTS = ("lloyd_http_requests", "HTTP requests by route template, method and status.")
+LATENCY = (
+    "lloyd_http_request_duration_seconds",
+    "HTTP request latency by route template and method.",
+)
+
+
 class RequestSeries(Collector):
     """``lloyd_http_requests_total`` and ``lloyd_http_request_duration_seconds``: what a
     prometheus-client Counter and Histogram would expose, recorded at a third of their cost
@@ -68,16 +75,8 @@ class RequestSeries(Collector):
         with self._lock:
             snapshot = {key: list(series) for key, series in self._series.items()}
             created = dict(self._created)
-        requests = CounterMetricFamily(
-            "lloyd_http_requests",
-            "HTTP requests by route template, method and status.",
-            labels=["route", "method", "status"],
-        )
-        latency = HistogramMetricFamily(
-            "lloyd_http_request_duration_seconds",
-            "HTTP request latency by route template and method.",
-            labels=["route", "method"],
-        )
+        requests = CounterMetricFamily(*REQUESTS, labels=["route", "method", "status"])
+        latency = HistogramMetricFamily(*LATENCY, labels=["route", "method"])
         by_route: dict[tuple[str, str], list[float]] = {}
         route_created: dict[tuple[str, str], float] = {}
         for key, series in sorted(snapshot.items()):
@@ -100,7 +99,7 @@ class RequestSeries(Collector):
             latency.add_metric([route, method], cumulative, merged[-1])
             latency.samples.append(
                 Sample(
-                    "lloyd_http_request_duration_seconds_created",
+                    f"{LATENCY[0]}_created",
                     {"route": route, "method": method},
                     route_created[(route, method)],
                 )
@@ -108,13 +107,8 @@ class RequestSeries(Collector):
         yield latency
 
     def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "lloyd_http_requests", "HTTP requests by route template, method and status."
-        )
-        yield HistogramMetricFamily(
-            "lloyd_http_request_duration_seconds",
-            "HTTP request latency by route template and method.",
-        )
+        yield CounterMetricFamily(*REQUESTS)
+        yield HistogramMetricFamily(*LATENCY)
 
 
 class ServiceMetrics:

@@ -759,15 +759,7 @@ def main() -> None:
         + "; ".join(f"{name} {text}" for name, text in ISSUE_FIGURES.items())
         + ".",
     ]
-    if run.notes:
-        output += ["", "Notes:"] + [f"- {note}" for note in run.notes]
-    if run.failures:
-        output += ["", "FAILURES:"] + [f"- {failure}" for failure in run.failures]
-    text = "\n".join(output)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.exit(1 if run.failures else 0)
+    T.finish_report(output, run.notes, run.failures, "FAILURES", args.out)
 
 
 if __name__ == "__main__":

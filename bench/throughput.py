@@ -1222,15 +1222,23 @@ def main() -> None:
         f"LLOYD_SERVING_THREADS={SERVING_THREADS}, so scikit-learn in-process is timed under "
         f"threadpool_limits({SERVING_THREADS}) for 2b.",
     ]
-    if results.notes:
-        output += ["", "Notes:"] + [f"- {note}" for note in results.notes]
-    if results.failures:
-        output += ["", "SERVICE FAILURES:"] + [f"- {failure}" for failure in results.failures]
+    finish_report(output, results.notes, results.failures, "SERVICE FAILURES", args.out)
+
+
+def finish_report(
+    output: list[str], notes: list[str], failures: list[str], heading: str, out: Path | None
+) -> None:
+    """Prints the report with its notes and failures, writes it to ``out`` if given, and exits
+    with 1 when anything failed."""
+    if notes:
+        output += ["", "Notes:"] + [f"- {note}" for note in notes]
+    if failures:
+        output += ["", f"{heading}:"] + [f"- {failure}" for failure in failures]
     text = "\n".join(output)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.exit(1 if results.failures else 0)
+    if out:
+        out.write_text(text + "\n")
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":
