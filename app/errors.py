@@ -126,6 +126,13 @@ class JobCancelled(LloydError):
     status, code, title = 409, "job_cancelled", "Job cancelled"
 
 
+class JobNotHeld(LloydError):
+    """A job's result was not committed: its row no longer says the replica that computed it
+    runs it (it was cancelled meanwhile, or taken over after that replica's lease lapsed)."""
+
+    status, code, title = 409, "job_not_held", "Job no longer held"
+
+
 class JobFailed(LloydError):
     """A job's failure that is not the client's doing (time limit, a worker that died)."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -57,9 +57,32 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+# Keys of PostgreSQL advisory locks (any 64-bit number no other application uses).
+MIGRATION_LOCK = 0x6C6C6F7964_01  # "lloyd" + 1
+STORE_ID_LOCK = 0x6C6C6F7964_02
+
+
+def is_postgresql(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def hold_lock(connection: Connection, key: int) -> None:
+    """Serialize this transaction with every other holding ``key``, across processes and
+    hosts: a PostgreSQL advisory lock, released at commit or rollback. (On SQLite a write
+    transaction, begun IMMEDIATE, already excludes every other writer.)"""
+    if is_postgresql(connection):
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
+
+
 def upgrade_database(engine: Engine) -> None:
-    """Apply every Alembic migration to ``engine``'s database (the same scripts everywhere)."""
+    """Apply every Alembic migration to ``engine``'s database (the same scripts everywhere).
+
+    Replicas starting at once on a new or older database would each run the migrations, and
+    all but one fail (PostgreSQL: ``duplicate key ... pg_type_typname_nsp_index`` on
+    ``alembic_version``). Under an advisory lock, one migrates while the others wait, then
+    find the schema current and do nothing."""
     config = alembic_config()
-    with engine.begin() as connection:
+    with engine.execution_options(**WRITE).begin() as connection:
+        hold_lock(connection, MIGRATION_LOCK)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -17,6 +18,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
+from sqlalchemy import true as sa_true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -106,3 +109,28 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The replica running it ("host|pid|start"), and until when it holds the job unless it
+    # renews the lease: an owner that stops renewing is gone, and its job may be run again.
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retryable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    cancel_requested: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=sa_false()
+    )
+    # Everything another replica needs to run the job again: the spec (JSON) and its rows,
+    # kept in the artifact store under ``input_path`` until the job ends.
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    input_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    input_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class MetaRow(Base):
+    """Facts about the installation, written once: the id of the artifact store it uses."""
+
+    __tablename__ = "lloyd_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
