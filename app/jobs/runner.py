@@ -1,103 +1,131 @@
-"""JobRunner: runs each job's tasks in worker processes, at most ``max_workers`` at once across
-all jobs, kills them on cancel or past the time limit, and records every state in the JobStore.
+"""JobRunner: runs the jobs this replica owns on an executor, keeps their leases alive by
+heartbeat, honours cancellations asked for on any replica, takes over jobs whose owner died,
+and records every state in the JobStore.
 
-Why processes of our own rather than concurrent.futures or loky: a task past its time limit or
-cancelled must be killed, and neither pool can kill one task without breaking the pool. A
-forkserver makes each new process cheap (scikit-learn is imported once, in the server), and
-a task's large arrays reach its worker through shared memory (app.jobs.shared_arrays).
+A job's life: its creator owns it from the start (it holds the rows already) and submits it
+here; a supervisor thread runs its tasks, then its ``finish`` step, which commits the job's
+result (a new version, say) in the same transaction that marks it succeeded, and only while the
+row still says this replica runs it. Meanwhile one heartbeat thread per replica renews the
+leases of all its jobs, reads back cancellations, re-queues the jobs of replicas whose lease
+lapsed and claims queued jobs while it has room.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
-import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
 from typing import Any
 
-from app.errors import JobFailed, LloydError, error_document, error_from_document
-from app.jobs.shared_arrays import SharedArray, share_arrays
-from app.jobs.worker import run_task
-from app.registry.job_store import FAILED, SUCCEEDED, JobRecord, JobStore
+from app.errors import JobFailed, JobNotHeld, LloydError, error_document
+from app.jobs.execution import Executor, Task
+from app.registry.job_store import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    SUCCEEDED,
+    JobClaim,
+    JobRecord,
+    JobStore,
+    Recovered,
+)
 
 log = logging.getLogger(__name__)
 
-_PRELOAD = ["app.jobs.worker_preload"]
-_context_lock = threading.Lock()
-_context: Any = None
-
-
-def _process_context() -> Any:
-    global _context
-    with _context_lock:
-        if _context is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(_PRELOAD)
-            _context = context
-        return _context
+POLL_SECONDS = 0.1
+CANCELLED_BY_CLIENT = {"code": "job_cancelled", "status": 409, "detail": "cancelled by a client"}
+INTERNAL = {"code": "internal_error", "status": 500, "detail": "the job failed"}
+SHUT_DOWN = {"code": "interrupted", "status": 500, "detail": "interrupted by shutdown"}
 
 
 @dataclass(frozen=True)
-class Task:
-    """A module-level function and its keyword arguments (both picklable)."""
+class JobPlan:
+    """How to run one job: its tasks, then ``finish(results, claim)``, which commits the
+    job's success (only while ``claim`` holds) and returns what the job produced."""
 
-    fn: Callable[..., Any]
-    kwargs: dict[str, Any]
+    tasks: list[Task]
+    finish: Callable[[list[Any], JobClaim], Any]
+    on_done: Callable[[str], None] | None = None
 
 
 class _Stop(Exception):
-    def __init__(self, status: str, error: dict[str, Any] | None) -> None:
+    """Why a job stopped before its end: the status and error to record, or ``record``
+    False when the row is no longer this replica's to write."""
+
+    def __init__(self, status: str, error: dict[str, Any] | None, *, record: bool = True) -> None:
         self.status = status
         self.error = error
+        self.record = record
 
 
 @dataclass
 class JobHandle:
     job_id: str
     done: threading.Event = field(default_factory=threading.Event)
-    stop_reason: tuple[str, dict[str, Any] | None] | None = None
-    # Held while the job finishes (registers its result); a cancel waits for it, so a job is
+    stop_reason: _Stop | None = None
+    # Held while the job finishes (commits its result); a local stop waits for it, so a job is
     # never cancelled halfway through writing its version.
     finishing: threading.Lock = field(default_factory=threading.Lock)
-    # What ``finish`` chose to hand back to the request that started the job, in this process
-    # (a registered version, say), so that it need not be read back after a concurrent delete.
-    outcome: dict[str, Any] = field(default_factory=dict)
+    status: str = QUEUED
+    # What ``finish`` returned (a registered version, say), for the request that started it.
+    outcome: Any = None
+
+
+@dataclass(frozen=True)
+class Leases:
+    """How jobs are held: the lease, how often it is renewed, how often a job is tried."""
+
+    seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    max_attempts: int = 3
 
 
 class JobRunner:
-    def __init__(self, *, jobs: JobStore, max_workers: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        executor: Executor,
+        owner: str,
+        timeout_seconds: float,
+        max_jobs: int,
+        leases: Leases | None = None,
+        planner: Callable[[JobRecord], JobPlan] | None = None,
+        on_recovered: Callable[[Recovered], None] | None = None,
+    ) -> None:
         self.jobs = jobs
-        self.max_workers = max_workers
+        self.executor = executor
+        self.owner = owner
         self.timeout_seconds = timeout_seconds
-        self._slots = threading.BoundedSemaphore(max_workers)
+        self.max_jobs = max_jobs
+        self.leases = leases or Leases()
+        # Rebuilds a job claimed from the queue (one another replica started) into its plan.
+        self.planner = planner
+        self.on_recovered = on_recovered
         self._handles: dict[str, JobHandle] = {}
         self._lock = threading.Lock()
-        # BLAS/OpenMP threads per worker, so that a full pool does not oversubscribe the cores.
-        self._threads = max(1, (os.cpu_count() or 1) // max_workers)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._heart: threading.Thread | None = None
+        self._renewed = time.monotonic()
 
-    def submit(
-        self,
-        job: JobRecord,
-        tasks: list[Task],
-        finish: Callable[[list[Any]], dict[str, Any]],
-        on_done: Callable[[str], None] | None = None,
-        outcome: dict[str, Any] | None = None,
-    ) -> JobHandle:
-        """Start ``job``: its ``tasks`` run in workers, then ``finish(results)`` runs here and
-        returns the job's result document; ``on_done(status)`` is told how it ended."""
-        handle = JobHandle(job.id, outcome=outcome if outcome is not None else {})
+    # -- the API of the service layer ----------------------------------------------------------
+    def start(self) -> None:
+        """Start the heartbeat (which also takes over the jobs of replicas that died)."""
+        self._heart = threading.Thread(target=self._beat_forever, name="lloyd-jobs", daemon=True)
+        self._heart.start()
+
+    def submit(self, job: JobRecord, plan: JobPlan) -> JobHandle:
+        """Run ``job`` (owned by this replica) by ``plan``; returns at once."""
+        handle = JobHandle(job.id)
         with self._lock:
             self._handles[job.id] = handle
         threading.Thread(
             target=self._supervise,
-            args=(handle, tasks, finish, on_done),
+            args=(handle, plan),
             name=f"job-{job.id[:8]}",
             daemon=True,
         ).start()
@@ -108,28 +136,82 @@ class JobRunner:
             return self._handles.get(job_id)
 
     def stop(self, job_id: str, status: str, error: dict[str, Any] | None = None) -> bool:
-        """Ask a job of this process to stop; False when it is not running here."""
+        """Stop a job this replica runs and wait until it has; False when it runs elsewhere."""
         handle = self.handle(job_id)
         if handle is None or handle.done.is_set():
             return False
-        with handle.finishing:
-            handle.stop_reason = (status, error)
+        self._ask_stop(handle, _Stop(status, error))
         handle.done.wait()
         return True
 
+    def wake(self) -> None:
+        """Run a heartbeat now (a cancellation or a queued job was just announced)."""
+        self._wake.set()
+
     def shutdown(self) -> None:
-        """Stop every job of this process (at shutdown): their workers are killed."""
+        """Stop every job of this replica (their workers are killed, the jobs marked failed),
+        then the heartbeat."""
+        self._stopping.set()
+        self._wake.set()
         with self._lock:
             handles = list(self._handles.values())
-        error = {"code": "interrupted", "status": 500, "detail": "interrupted by shutdown"}
         for handle in handles:
             if not handle.done.is_set():
-                self.stop(handle.job_id, FAILED, error)
+                # Handed back rather than failed: another replica (or this one, restarted)
+                # runs it again from its saved rows; one that cannot run again fails.
+                self._ask_stop(handle, _Stop(QUEUED, SHUT_DOWN))
+        for handle in handles:
+            handle.done.wait()
+        if self._heart is not None:
+            self._heart.join(timeout=10)
 
-    # -- the supervisor thread of one job --------------------------------------------------------
+    # -- one job's supervisor thread -----------------------------------------------------------
+    def _supervise(self, handle: JobHandle, plan: JobPlan) -> None:
+        status = FAILED
+        try:
+            results = self._run_tasks(handle, plan.tasks)
+            status = self._complete(handle, plan, results)
+        except _Stop as stop:
+            status = self._record_stop(handle, stop)
+        except LloydError as exc:
+            status = self._record_stop(handle, _Stop(FAILED, error_document(exc)))
+        except Exception:
+            log.exception("job %s failed", handle.job_id)
+            status = self._record_stop(handle, _Stop(FAILED, INTERNAL))
+        finally:
+            with self._lock:
+                self._handles.pop(handle.job_id, None)
+            handle.status = status
+            handle.done.set()
+            if plan.on_done is not None:
+                plan.on_done(status)
+
+    def _run_tasks(self, handle: JobHandle, tasks: list[Task]) -> list[Any]:
+        # The limit counts from the job's first running task, not from its wait for a free
+        # slot: a job that has not run has not run too long.
+        deadline = math.inf
+        results: list[Any] = [None] * len(tasks)
+        done = 0
+        execution = self.executor.execute(tasks)
+        try:
+            while done < len(tasks):
+                self._check(handle, deadline)
+                finished = execution.poll(POLL_SECONDS)
+                if execution.started and deadline == math.inf:
+                    self.jobs.mark_running(handle.job_id, owner=self.owner)
+                    deadline = time.monotonic() + self.timeout_seconds
+                for index, result in finished:
+                    results[index] = result
+                    done += 1
+                if finished:
+                    self.jobs.progress(handle.job_id, done, owner=self.owner)
+            return results
+        finally:
+            execution.close()
+
     def _check(self, handle: JobHandle, deadline: float) -> None:
         if handle.stop_reason is not None:
-            raise _Stop(*handle.stop_reason)
+            raise handle.stop_reason
         if time.monotonic() > deadline:
             raise _Stop(
                 FAILED,
@@ -137,116 +219,104 @@ class JobRunner:
                     "code": "job_timeout",
                     "status": 500,
                     "detail": f"the job ran longer than {self.timeout_seconds:g} s "
-                    "(LLOYD_JOB_TIMEOUT_SECONDS); its workers were killed",
+                    f"(LLOYD_JOB_TIMEOUT_SECONDS); {self.executor.stopped_means}",
                 },
             )
 
-    def _start(self, task: Task) -> tuple[BaseProcess, Connection]:
-        context = _process_context()
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(
-            target=run_task, args=(sender, task.fn, task.kwargs, self._threads), daemon=True
-        )
-        process.start()
-        sender.close()
-        return process, receiver
+    def _complete(self, handle: JobHandle, plan: JobPlan, results: list[Any]) -> str:
+        with handle.finishing:
+            self._check(handle, math.inf)
+            try:
+                handle.outcome = plan.finish(results, JobClaim(handle.job_id, self.owner))
+            except JobNotHeld:
+                raise self._why_not_held(handle.job_id) from None
+        return SUCCEEDED
 
-    def _supervise(
-        self,
-        handle: JobHandle,
-        tasks: list[Task],
-        finish: Callable[[list[Any]], dict[str, Any]],
-        on_done: Callable[[str], None] | None,
-    ) -> None:
-        job_id = handle.job_id
-        status = FAILED
-        # The limit counts from the job's first worker, not from its wait for a free slot (or
-        # for the forkserver to start): a job that has not run has not run too long.
-        deadline = math.inf
-        pending = deque(enumerate(tasks))
-        running: dict[int, tuple[BaseProcess, Connection]] = {}
-        results: list[Any] = [None] * len(tasks)
-        done = 0
-        started = False
-        # The tasks' large arrays, written to shared memory when the first worker starts (not
-        # while the job waits for a slot), and closed when the job ends.
-        shared_kwargs: list[dict[str, Any]] | None = None
-        shared: list[SharedArray] = []
-        try:
-            while pending or running:
-                self._check(handle, deadline)
-                while pending and self._slots.acquire(blocking=False):
-                    index, task = pending.popleft()
-                    try:
-                        if shared_kwargs is None:
-                            shared_kwargs, shared = share_arrays(t.kwargs for t in tasks)
-                        running[index] = self._start(Task(task.fn, shared_kwargs[index]))
-                    except BaseException:
-                        self._slots.release()
-                        raise
-                    if not started:
-                        started = True
-                        self.jobs.mark_running(job_id)
-                        deadline = time.monotonic() + self.timeout_seconds
-                if not running:
-                    time.sleep(0.02)  # every slot is taken by other jobs
-                    continue
-                wait([conn for _, conn in running.values()], timeout=0.1)
-                for index, (process, conn) in list(running.items()):
-                    if not conn.poll():
-                        if not process.is_alive() and not conn.poll():
-                            raise JobFailed(
-                                f"a worker process died (exit code {process.exitcode}); "
-                                "the data may need more memory than the worker has"
-                            )
-                        continue
-                    try:
-                        outcome = conn.recv()
-                    except EOFError:
-                        process.join()
-                        raise JobFailed(
-                            f"a worker process died (exit code {process.exitcode})"
-                        ) from None
-                    process.join()
-                    conn.close()
-                    del running[index]
-                    self._slots.release()
-                    kind, payload = outcome
-                    if kind == "error":
-                        raise error_from_document(payload)
-                    if kind == "crash":
-                        log.error("job %s: a worker failed:\n%s", job_id, payload)
-                        raise JobFailed("a worker failed unexpectedly; see the server log")
-                    results[index] = payload
-                    done += 1
-                    self.jobs.progress(job_id, done)
-            with handle.finishing:
-                self._check(handle, deadline)
-                result = finish(results)
-                self.jobs.finish(job_id, SUCCEEDED, result=result)
-                status = SUCCEEDED
-        except _Stop as stop:
-            status = stop.status
-            self.jobs.finish(job_id, stop.status, error=stop.error)
-        except LloydError as exc:
-            self.jobs.finish(job_id, FAILED, error=error_document(exc))
-        except Exception:
-            log.exception("job %s failed", job_id)
-            self.jobs.finish(
-                job_id,
-                FAILED,
-                error={"code": "internal_error", "status": 500, "detail": "the job failed"},
+    def _why_not_held(self, job_id: str) -> _Stop:
+        """The job refused this replica its result: cancelled meanwhile, or taken over."""
+        job = self.jobs.get(job_id)
+        if job.owner == self.owner and not job.finished and job.cancel_requested:
+            return _Stop(CANCELLED, CANCELLED_BY_CLIENT)
+        return _Stop(job.status, job.error, record=False)
+
+    def _record_stop(self, handle: JobHandle, stop: _Stop) -> str:
+        if not stop.record:
+            log.warning(
+                "job %s is no longer this replica's; its work here is dropped", handle.job_id
             )
-        finally:
-            for process, conn in running.values():
-                process.kill()
-                process.join()
-                conn.close()
-                self._slots.release()
-            for array in shared:
-                array.close()
-            with self._lock:
-                self._handles.pop(job_id, None)
-            handle.done.set()
-            if on_done is not None:
-                on_done(status)
+            return stop.status
+        if stop.status == QUEUED:
+            return self.jobs.release(handle.job_id, owner=self.owner, error=stop.error)
+        self.jobs.finish(handle.job_id, stop.status, error=stop.error, owner=self.owner)
+        return stop.status
+
+    @staticmethod
+    def _ask_stop(handle: JobHandle, stop: _Stop) -> None:
+        with handle.finishing:
+            if handle.stop_reason is None:
+                handle.stop_reason = stop
+
+    # -- the heartbeat -------------------------------------------------------------------------
+    def _beat_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.beat()
+            except Exception as exc:  # the database is away: try again at the next beat
+                log.warning("job heartbeat failed: %s", exc)
+            self._wake.wait(self.leases.heartbeat_seconds)
+            self._wake.clear()
+
+    def beat(self) -> None:
+        """One heartbeat: renew, honour cancellations, recover, claim."""
+        self._renew()
+        if self._stopping.is_set():
+            return
+        for recovered in self.jobs.recover_expired(max_attempts=self.leases.max_attempts):
+            log.warning(
+                "job %s: its owner's lease expired; %s",
+                recovered.job.id,
+                "queued again" if recovered.status == QUEUED else recovered.status,
+            )
+            if self.on_recovered is not None:
+                self.on_recovered(recovered)
+        self._claim()
+
+    def _renew(self) -> None:
+        with self._lock:
+            handles = [h for h in self._handles.values() if not h.done.is_set()]
+        try:
+            held = self.jobs.heartbeat(self.owner, [h.job_id for h in handles], self.leases.seconds)
+        except Exception:
+            if time.monotonic() - self._renewed > self.leases.seconds:
+                # Unrenewed this long, the leases have lapsed and other replicas may be running
+                # these jobs already: stop them here, without writing what is not ours.
+                for handle in handles:
+                    self._ask_stop(handle, _Stop(FAILED, None, record=False))
+            raise
+        self._renewed = time.monotonic()
+        for handle in handles:
+            if handle.job_id not in held:
+                self._ask_stop(handle, _Stop(FAILED, None, record=False))
+            elif held[handle.job_id]:
+                self._ask_stop(handle, _Stop(CANCELLED, CANCELLED_BY_CLIENT))
+
+    def _claim(self) -> None:
+        if self.planner is None:
+            return
+        with self._lock:
+            room = self.max_jobs - len(self._handles)
+        for job in self.jobs.claim(self.owner, lease_seconds=self.leases.seconds, limit=room):
+            log.info("job %s claimed from the queue (attempt %d)", job.id, job.attempts)
+            try:
+                plan = self.planner(job)
+            except LloydError as exc:
+                self.jobs.finish(job.id, FAILED, error=error_document(exc), owner=self.owner)
+                continue
+            except Exception:
+                log.exception("job %s could not be planned", job.id)
+                self.jobs.finish(job.id, FAILED, error=INTERNAL, owner=self.owner)
+                continue
+            self.submit(job, plan)
+
+
+__all__ = ["CANCELLED_BY_CLIENT", "JobFailed", "JobHandle", "JobPlan", "JobRunner", "Leases"]
