@@ -6,7 +6,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,11 +24,13 @@ from app.errors import (
     ModelNotFound,
     VersionNotFound,
 )
-from app.registry.artifacts import ArtifactStore
+from app.registry.artifacts import ArtifactStore, StoredArtifact
 from app.registry.cache import ModelCache
 from app.registry.compatibility import RUNNING, compared_versions, drift_error, has_drifted
 from app.registry.compatibility import SETTING as DRIFT_SETTING
 from app.registry.database import WRITE
+from app.registry.job_store import JobClaim, complete_job_in
+from app.registry.notifications import REGISTRY, Notifications
 from app.registry.orm import AliasRow, ModelRow, VersionRow
 from app.registry.records import ModelSummary, ModelVersion, NewVersion
 from app.registry.resolution import RegistryStamp, ResolutionCache
@@ -76,15 +78,22 @@ class ModelRegistry:
         *,
         allow_version_drift: bool = False,
         resolution_max_age_seconds: float = 0.0,
+        notifications: Notifications | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.cache = cache
         self.resolutions = ResolutionCache(
-            RegistryStamp(store.root / "registry.stamp"),
+            RegistryStamp(store.stamp_path),
             max_age_seconds=resolution_max_age_seconds,
             refresh=self._refresh_soon,
         )
+        # Replicas on other hosts see no stamp file of ours: they hear of every write by a
+        # notice sent in its transaction (PostgreSQL), and forget their resolutions.
+        self.notifications = notifications
+        if notifications is not None:
+            notifications.subscribe(REGISTRY, lambda _payload: self.resolutions.invalidate())
+            notifications.on_missed(self.resolutions.invalidate)
         self._refresher: ThreadPoolExecutor | None = None
         self._refresher_lock = threading.Lock()
         self.allow_version_drift = allow_version_drift
@@ -100,6 +109,8 @@ class ModelRegistry:
     def _writing(self) -> Iterator[Session]:
         with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
             yield session
+            if self.notifications is not None:
+                self.notifications.send(session, REGISTRY)
 
     # -- lookups -------------------------------------------------------------------------------
     @staticmethod
@@ -284,14 +295,25 @@ class ModelRegistry:
             return [self._summary(session, r) for r in rows], int(total or 0)
 
     # -- writes --------------------------------------------------------------------------------
-    def register(self, name: str, new: NewVersion, model: Any) -> ModelVersion:
+    def register(
+        self,
+        name: str,
+        new: NewVersion,
+        model: Any,
+        *,
+        claim: JobClaim | None = None,
+        job_result: Callable[[ModelVersion], dict[str, Any]] | None = None,
+    ) -> ModelVersion:
         """Store ``model`` as the next version of ``name``.
 
-        The artifact is durable on disk before the row is committed; if the commit fails the
-        artifact is removed, so neither exists without the other."""
+        The artifact is durable in the store before the row is committed; if the commit fails
+        the artifact is removed, so neither exists without the other. With ``claim``, the job
+        that produced the model is marked succeeded (its result ``job_result(version)``) in the
+        same transaction, which commits only while the job row still says its owner runs it:
+        a cancelled job, or one another replica took over, never gains a version."""
         artifact = self.store.write(self.store.serialize(model))
         try:
-            version = self._allocate(name, new, artifact)
+            version = self._allocate(name, new, artifact, claim, job_result)
         except BaseException:
             self.store.delete(artifact.path)
             raise
@@ -301,17 +323,31 @@ class ModelRegistry:
         self.cache.put(version.cache_key, model)
         return version
 
-    def _allocate(self, name: str, new: NewVersion, artifact) -> ModelVersion:
+    def _allocate(
+        self,
+        name: str,
+        new: NewVersion,
+        artifact: StoredArtifact,
+        claim: JobClaim | None,
+        job_result: Callable[[ModelVersion], dict[str, Any]] | None,
+    ) -> ModelVersion:
         for attempt in range(ALLOCATION_ATTEMPTS):
             try:
-                return self._insert_version(name, new, artifact)
+                return self._insert_version(name, new, artifact, claim, job_result)
             except IntegrityError as exc:
                 if not _lost_allocation_race(exc):
                     raise
                 log.debug("version allocation for %r lost a race (attempt %d)", name, attempt)
         raise RuntimeError(f"could not allocate a version of {name!r}")
 
-    def _insert_version(self, name: str, new: NewVersion, artifact) -> ModelVersion:
+    def _insert_version(
+        self,
+        name: str,
+        new: NewVersion,
+        artifact: StoredArtifact,
+        claim: JobClaim | None,
+        job_result: Callable[[ModelVersion], dict[str, Any]] | None,
+    ) -> ModelVersion:
         with self._writing() as session:
             model = session.scalars(
                 select(ModelRow).where(ModelRow.name == name).with_for_update()
@@ -343,7 +379,11 @@ class ModelRegistry:
             )
             session.add(row)
             session.flush()
-            return self._record(name, row, [])
+            version = self._record(name, row, [])
+            if claim is not None:
+                result = job_result(version) if job_result is not None else {}
+                complete_job_in(session, claim, result)
+            return version
 
     def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
         if not ALIAS_PATTERN.fullmatch(alias) or alias == LATEST:

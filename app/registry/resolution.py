@@ -132,6 +132,9 @@ class ResolutionCache:
         self._entries: OrderedDict[tuple[str, str], tuple[ModelVersion, float]] = OrderedDict()
         self._refreshing: set[tuple[str, str]] = set()
         self._seen: Stamp = None
+        # Counts invalidations announced by other replicas (PostgreSQL NOTIFY), which no stamp
+        # file shows: a lookup that ran across one is not kept.
+        self._generation = 0
         self._lock = threading.Lock()
 
     def get(self, name: str, ref: str) -> ModelVersion | None:
@@ -176,15 +179,18 @@ class ResolutionCache:
             if not failed:
                 self._refreshing.discard((name, ref))
 
-    def before_lookup(self) -> Stamp:
+    def before_lookup(self) -> tuple[Stamp, int]:
         """The stamp to file a lookup's result under: read *before* the query, so that a write
         committed during the query makes the result stale rather than lost."""
-        return self.stamp.read()
+        return self.stamp.read(), self._generation
 
-    def put(self, name: str, ref: str, version: ModelVersion, stamp: Stamp) -> None:
+    def put(self, name: str, ref: str, version: ModelVersion, token: tuple[Stamp, int]) -> None:
+        stamp, generation = token
         if self.max_age <= 0 or stamp is None:
             return
         with self._lock:
+            if generation != self._generation:
+                return  # another replica wrote during the lookup: its answer may be stale
             if stamp != self._seen:
                 self._entries.clear()
                 self._seen = stamp
@@ -192,6 +198,13 @@ class ResolutionCache:
             self._refreshing.discard((name, ref))
             if len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+
+    def invalidate(self) -> None:
+        """Another replica changed the registry (or may have: notices were lost): forget every
+        resolution, and any lookup now running."""
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
 
     def changed(self) -> None:
         """Called after every committed registry write; never raises, since the write is done:
