@@ -42,15 +42,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(document, default=str).decode()
 
 
+class LloydHandler(logging.StreamHandler):
+    """The handler ``configure_logging`` installs (told apart from any other, which it keeps:
+    a test's log capture, say)."""
+
+
 def configure_logging(level: str, log_format: str) -> None:
-    """Root logging for the process (uvicorn's loggers included, which propagate to it)."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Root logging for the process (uvicorn's loggers included, which propagate to it). Called
+    by the app factory, so that every way of starting the app (``python -m app``, bare
+    ``uvicorn --factory``, each of uvicorn's or gunicorn's worker processes) logs alike; calling
+    it again replaces what it installed before."""
+    handler = LloydHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, LloydHandler)]
+    root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,13 +21,10 @@ from app.api.body_limit import BodySizeLimit
 from app.api.inference_front import InferenceFront
 from app.api.request_id import RequestId
 from app.api.routers import algorithms, health, jobs, models, prediction, scoring, training
-from app.jobs.runner import JobRunner
+from app.lifecycle import start_services
+from app.logging_config import configure_logging
 from app.observability import MetricsMiddleware, ServiceMetrics
-from app.registry.artifacts import ArtifactStore
 from app.registry.cache import ModelCache
-from app.registry.database import create_database_engine, upgrade_database
-from app.registry.job_store import JobStore
-from app.registry.model_registry import ModelRegistry
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("app")
@@ -67,56 +63,28 @@ def ipaddress_is_loopback(host: str) -> bool:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Engines open and migrations run in the lifespan, not here."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     cache = ModelCache(settings.model_cache_size)
     metrics = ServiceMetrics(cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_database_engine(
-            settings.database_url, busy_timeout_seconds=settings.sqlite_busy_timeout_seconds
-        )
-        if settings.migrate_on_startup:
-            await run_in_threadpool(upgrade_database, engine)
-        store = ArtifactStore(settings.models_store)
-        app.state.registry = ModelRegistry(
-            engine,
-            store,
-            cache,
-            allow_version_drift=settings.allow_version_drift,
-            resolution_max_age_seconds=settings.version_cache_seconds,
-        )
-        # A crash between an artifact's write and its row's commit leaves files nothing refers
-        # to. The clock is read before the rows, so a commit racing this stays safe (see sweep).
-        swept_at = time.time()
-        swept = await run_in_threadpool(
-            lambda: store.sweep(
-                app.state.registry.artifact_paths(),
-                older_than_seconds=settings.orphan_grace_seconds,
-                now=swept_at,
-            )
-        )
-        if swept.removed:
-            log.warning("removed from the models store: %s", swept)
-        app.state.jobs = JobStore(engine)
-        interrupted = await run_in_threadpool(
-            app.state.jobs.fail_unfinished, "interrupted by restart"
-        )
-        if interrupted:
-            log.warning("marked %d interrupted job(s) failed", interrupted)
-        app.state.runner = JobRunner(
-            jobs=app.state.jobs,
-            max_workers=settings.max_concurrent_jobs,
-            timeout_seconds=settings.job_timeout_seconds,
-        )
+        services = await run_in_threadpool(start_services, settings, cache, metrics)
+        app.state.registry = services.registry
+        app.state.jobs = services.jobs
+        app.state.runner = services.runner
+        app.state.job_service = services.job_service
         _log_access_policy(settings)
         # BLAS pools are process-wide: this holds wherever the app was started from (python -m
         # app also sets the environment, which OpenMP needs, before anything is imported).
         blas_limit = threadpool_limits(limits=settings.serving_threads, user_api="blas")
         log.info(
-            "Lloyd %s ready: database %s, models store %s",
+            "Lloyd %s ready: database %s, models store %s, jobs on %s, replica %s",
             lloyd.__version__,
-            engine.url.render_as_string(hide_password=True),
-            store.root,
+            services.engine.url.render_as_string(hide_password=True),
+            services.store.describe(),
+            services.executor.name,
+            services.runner.owner,
         )
         if settings.gc_freeze:
             # What start-up allocated (modules, scikit-learn, SQLAlchemy: millions of objects)
@@ -127,9 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             blas_limit.restore_original_limits()
-            await run_in_threadpool(app.state.runner.shutdown)
-            await run_in_threadpool(app.state.registry.close)
-            engine.dispose()
+            await run_in_threadpool(services.close)
 
     app = LloydApp(
         title="Lloyd",

@@ -29,8 +29,16 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the metadata database: a SQLite file by default, "
         "`postgresql://user@host/db` when several replicas share one.",
     )
-    models_store: Path = Field(
-        Path("./models_store"), description="Folder holding the model artifacts (joblib files)."
+    models_store: str = Field(
+        "./models_store",
+        description="Where the model artifacts (joblib files) live: a folder, or an fsspec URL "
+        "such as `s3://bucket/prefix` (S3 through s3fs, credentials from the usual AWS "
+        "variables) that every replica shares.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3-compatible object store (MinIO, Ceph, ...) for an "
+        "`s3://` LLOYD_MODELS_STORE; unset: AWS S3 itself.",
     )
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
@@ -90,8 +98,10 @@ class Settings(BaseSettings):
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
         le=256,
-        description="Worker processes fitting at once, across every job (default: the number "
-        "of cores). Workers run at a lower priority than the API, so serving comes first.",
+        description="Worker processes fitting at once, across every job of this API process "
+        "(default: the number of cores; each replica and each LLOYD_WORKERS process has its "
+        "own), and the most jobs it runs or claims from the queue at once. Workers run at a "
+        "lower priority than the API, so serving comes first.",
     )
     job_timeout_seconds: float = Field(
         3600.0, gt=0, description="A job running longer is killed and marked failed."
@@ -99,10 +109,43 @@ class Settings(BaseSettings):
     orphan_grace_seconds: float = Field(
         0.0,
         ge=0,
-        description="At start-up, artifacts no version refers to and temporary files left by "
-        "a crash are removed once they are older than this. With one server the default is "
-        "right; with replicas sharing one store, set it above the longest training, so that a "
-        "starting replica never removes an artifact another replica is about to commit.",
+        description="At start-up, artifacts no version refers to, temporary files and the "
+        "saved rows of ended jobs, left by a crash, are removed once they are older than this "
+        "or than the job lease (LLOYD_JOB_LEASE_SECONDS), whichever is longer: a replica that "
+        "wrote an artifact commits it while it holds its job's lease, so a starting replica "
+        "never removes what a live sibling is about to commit.",
+    )
+    job_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long a replica holds a job it runs without renewing its lease; a "
+        "job whose owner has not renewed it for this long is taken over by another replica "
+        "(run again from its saved rows, or failed when it cannot be).",
+    )
+    job_heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often a replica renews the leases of its jobs, reads cancellations "
+        "asked on other replicas, and takes over the jobs of replicas that died.",
+    )
+    job_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="A job runs at most this many times, its first run included: one whose "
+        "replica died that often fails with that reason instead of running again.",
+    )
+    dask_scheduler: str | None = Field(
+        None,
+        description="Run trainings and selection grids on a Dask cluster: the scheduler's "
+        "address (`tcp://host:8786`), or `local` for a LocalCluster in this process. Unset: "
+        "local worker processes.",
+    )
+    dask_local_workers: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Workers (one thread each) of the LocalCluster of LLOYD_DASK_SCHEDULER=local.",
     )
     sync_timeout_seconds: float = Field(
         30.0,
@@ -176,6 +219,37 @@ class Settings(BaseSettings):
         if not (url.startswith("sqlite") or url.startswith("postgresql+psycopg")):
             raise ValueError("LLOYD_DATABASE_URL must be a sqlite:/// or postgresql:// URL")
         return url
+
+    @field_validator("models_store", mode="before")
+    @classmethod
+    def _store_location(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if value != "local" and "://" not in value:
+            raise ValueError(
+                "LLOYD_DASK_SCHEDULER must be `local` or a scheduler address such as "
+                "tcp://scheduler:8786"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.job_heartbeat_seconds * 2 > self.job_lease_seconds:
+            raise ValueError(
+                "LLOYD_JOB_HEARTBEAT_SECONDS must be at most half of LLOYD_JOB_LEASE_SECONDS, so "
+                "that a lease is renewed before it can lapse"
+            )
+        return self
+
+    @property
+    def sweep_grace_seconds(self) -> float:
+        """What the start-up sweep spares: nothing younger than a job's lease."""
+        return max(self.orphan_grace_seconds, self.job_lease_seconds)
 
     @field_validator("log_level")
     @classmethod

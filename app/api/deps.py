@@ -12,6 +12,7 @@ from app.observability import ServiceMetrics
 from app.registry.job_store import JobStore
 from app.registry.model_registry import ModelRegistry
 from app.registry.records import ModelVersion
+from app.services.job_service import JobService
 from app.settings import Settings
 
 
@@ -35,11 +36,16 @@ async def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
+async def get_job_service(request: Request) -> JobService:
+    return request.app.state.job_service
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+JobServiceDep = Annotated[JobService, Depends(get_job_service)]
 
 NamePath = Annotated[str, Path(description="The model's name.", examples=["line-7"])]
 VersionPath = Annotated[

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import cache
 
-from app.api.schemas import ArtifactOut, JobOut, ModelOut, ProgressOut, VersionOut
+from app.api.schemas import ArtifactOut, JobOut, JobOwnerOut, ModelOut, ProgressOut, VersionOut
 from app.registry.compatibility import has_drifted
-from app.registry.job_store import JobRecord
+from app.registry.job_store import JobRecord, parse_owner
 from app.registry.records import ModelSummary, ModelVersion
 from app.services.training import library_versions
 
@@ -67,4 +67,9 @@ def job_out(job: JobRecord) -> JobOut:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        owner=JobOwnerOut(**owner) if (owner := parse_owner(job.owner)) else None,
+        lease_expires_at=job.lease_expires_at,
+        attempts=job.attempts,
+        retryable=job.retryable,
+        cancel_requested=job.cancel_requested,
     )

@@ -100,25 +100,49 @@ class InferenceFront:
         if messages[-1]["type"] == "http.request" and size <= limit:
             raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             value = request_id_from(headers.get(REQUEST_ID_HEADER))
-            answer = await self._answer(state, matched, operation, raw, headers, value)
-            if answer is not None:
-                body, content_headers = answer
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [
-                            *content_headers,
-                            (b"content-length", str(len(body)).encode()),
-                            (REQUEST_ID_HEADER, value.encode()),
-                        ],
-                    }
+            # Set across the answer's sending too: the server's access line is written then.
+            token = request_id.set(value)
+            try:
+                answered = await self._send_answer(
+                    state, matched, operation, raw, headers, value, send, started
                 )
-                await send({"type": "http.response.body", "body": body})
-                template = operation.version_template if matched[2] else operation.latest_template
-                state.metrics.record(template, "POST", 200, time.perf_counter() - started)
+            finally:
+                request_id.reset(token)
+            if answered:
                 return
         await self.app(scope, _replay(messages, receive), send)
+
+    async def _send_answer(
+        self,
+        state: Any,
+        matched: re.Match[str],
+        operation: FrontOperation,
+        raw: bytes,
+        headers: dict[bytes, bytes],
+        value: str,
+        send: Send,
+        started: float,
+    ) -> bool:
+        """Answer with a 200 and True, or False when the stack must answer."""
+        answer = await self._answer(state, matched, operation, raw, headers)
+        if answer is None:
+            return False
+        body, content_headers = answer
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    *content_headers,
+                    (b"content-length", str(len(body)).encode()),
+                    (REQUEST_ID_HEADER, value.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        template = operation.version_template if matched[2] else operation.latest_template
+        state.metrics.record(template, "POST", 200, time.perf_counter() - started)
+        return True
 
     async def _answer(
         self,
@@ -127,7 +151,6 @@ class InferenceFront:
         operation: FrontOperation,
         raw: bytes,
         headers: dict[bytes, bytes],
-        id_of_request: str,
     ) -> tuple[bytes | memoryview, list[tuple[bytes, bytes]]] | None:
         """The 200 answer's body and content headers, or None when the stack must answer."""
         name, ref, operation_name = matched.groups()
@@ -137,7 +160,6 @@ class InferenceFront:
         parsed = fast_rows_body(operation.body_model, raw)
         if parsed is None:
             return None
-        token = request_id.set(id_of_request)
         try:
             accept = headers.get(b"accept")
             return await answer_operation(
@@ -149,8 +171,6 @@ class InferenceFront:
             )
         except Exception:  # the stack runs it again and answers with its own error
             return None
-        finally:
-            request_id.reset(token)
 
 
 def _has_read_key(ring: Any, header: bytes | None) -> bool:

@@ -224,6 +224,12 @@ class TrainRequest(Strict_):
         description="Wait for the fit (201 with the version). `false`: answer 202 with the "
         "job at once. A wait longer than LLOYD_SYNC_TIMEOUT_SECONDS also answers 202.",
     )
+    retryable: bool = Field(
+        True,
+        description="Whether another replica may run the job again should the replica running "
+        "it die (its rows are kept in the store until the job ends). `false`: such a job fails "
+        "with that reason instead.",
+    )
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -485,6 +491,16 @@ class ModelSelectionRequest(Strict_):
         description="Register the best candidate under `criterion` as a new version.",
     )
     wait: bool = Field(True, description="As for training: `false` answers 202 with the job.")
+    retryable: bool = Field(
+        True, description="As for training: whether another replica may run it again."
+    )
+
+
+class JobOwnerOut(BaseModel):
+    id: str = Field(description="`host|pid|start`.")
+    host: str
+    pid: int | None
+    started_at: str | None = Field(description="When that process started (ISO 8601).")
 
 
 class ProgressOut(BaseModel):
@@ -507,6 +523,19 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    owner: JobOwnerOut | None = Field(
+        description="The replica that runs (or ran) the job; null while it waits in the queue "
+        "for any replica."
+    )
+    lease_expires_at: datetime | None = Field(
+        description="Until when the owner holds the job unless it renews its lease (every "
+        "LLOYD_JOB_HEARTBEAT_SECONDS); past it, another replica takes the job over."
+    )
+    attempts: int = Field(description="How many times a replica has started the job.")
+    retryable: bool = Field(description="Whether another replica may run it again.")
+    cancel_requested: bool = Field(
+        description="A client asked to cancel it; its owner stops it at its next heartbeat."
+    )
 
 
 class JobPage(Page):

@@ -1,9 +1,10 @@
-"""Training: turn a TrainRequest into a fitted, stored, immutable model version."""
+"""Training: a TrainSpec and its rows turned into a job whose result is a fitted, stored,
+immutable model version; the same job rebuilt from its saved spec and rows by any replica."""
 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import joblib
@@ -12,19 +13,19 @@ import scipy
 import sklearn
 
 import app
-from app.api.schemas import TrainRequest
 from app.errors import InvalidInput, LloydError, PayloadTooLarge, UnknownAlgorithm
-from app.jobs.runner import JobHandle, JobRunner, Task
+from app.jobs.execution import Task
+from app.jobs.runner import JobHandle, JobPlan
 from app.ml.catalog import ALGORITHMS, Algorithm
 from app.ml.fitting import FitResult
 from app.ml.preprocessing import build_preprocessor
-from app.observability import ServiceMetrics
-from app.registry.job_store import JobRecord, JobStore
-from app.registry.model_registry import ModelRegistry
-from app.registry.records import NewVersion
+from app.registry.job_store import JobClaim, JobRecord, NewJob
+from app.registry.records import ModelVersion, NewVersion
 from app.services.fitting_tasks import fit_errors, fit_for_training
-from app.services.rows import instances_to_array, records_to_array
+from app.services.job_service import JobService
 from app.settings import Settings
+
+TRAINING = "training"
 
 
 def library_versions() -> dict[str, str]:
@@ -36,6 +37,31 @@ def library_versions() -> dict[str, str]:
         "python": platform.python_version(),
         "lloyd": app.__version__,
     }
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training, as the service takes it: everything but the rows."""
+
+    name: str
+    algorithm: str
+    params: dict[str, Any] = field(default_factory=dict)
+    preprocessing: list[dict[str, Any]] = field(default_factory=list)
+    contamination: float = 0.1
+    refit_without_outliers: bool = False
+    feature_names: list[str] | None = None
+    description: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    # Whether another replica may run the job again if this one dies while it runs (its
+    # rows are then kept in the store until the job ends).
+    retryable: bool = True
+
+    def document(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> TrainSpec:
+        return cls(**document)
 
 
 def resolve_algorithm(name: str) -> Algorithm:
@@ -93,48 +119,17 @@ def check_text(
         refuse_nul(key + value, [*at, "tags", key])
 
 
-def training_matrix(
-    spec: TrainRequest, settings: Settings, rows: np.ndarray | None = None
-) -> tuple[np.ndarray, list[str] | None]:
-    """The training rows (``rows`` when the request parser already read them from a ``.npy``
-    body) and their feature names, checked against each other and the limits."""
-    if rows is not None or spec.data.records is None:
-        X = (
-            rows
-            if rows is not None
-            else instances_to_array(spec.data.instances or [], loc=["data", "instances"])
-        )
-        names = spec.feature_names
-        if names is not None and len(names) != X.shape[1]:
-            # With a .npy body, the other fields came in the Lloyd-Request header.
-            where = ["body"] if rows is None else ["header", "lloyd-request"]
-            raise InvalidInput(
-                f"{len(names)} feature_names for rows of {X.shape[1]} values",
-                at=[*where, "feature_names"],
-            )
-    else:
-        X, names = records_to_array(
-            spec.data.records, feature_names=spec.feature_names, loc=["data", "records"]
-        )
-    if names is not None and len(set(names)) != len(names):
-        raise InvalidInput(
-            "feature_names must be unique",
-            at=["body", "feature_names"],
-        )
-    for index, name in enumerate(names or []):
-        given = spec.feature_names is not None
-        refuse_nul(name, ["body", "feature_names", index] if given else ["body", "data", "records"])
+def check_rows(X: np.ndarray, settings: Settings) -> None:
     if X.size > settings.max_training_cells:
         raise PayloadTooLarge(
             f"{X.shape[0]} rows x {X.shape[1]} features is more than the "
             f"{settings.max_training_cells} cells one training accepts (LLOYD_MAX_TRAINING_CELLS)"
         )
-    return X, names
 
 
 @dataclass(frozen=True)
 class PreparedTraining:
-    """A training request checked in the API process, before any worker is started."""
+    """A training checked in the API process, before any worker is started."""
 
     algorithm: Algorithm
     X: np.ndarray
@@ -142,12 +137,10 @@ class PreparedTraining:
     preprocessing: list[dict[str, Any]]
 
 
-def prepare(
-    spec: TrainRequest, settings: Settings, rows: np.ndarray | None = None
-) -> PreparedTraining:
+def prepare(spec: TrainSpec, X: np.ndarray, settings: Settings) -> PreparedTraining:
     """Every check that needs no fit: algorithm, hyperparameters, preprocessing, rows, text."""
     algorithm = resolve_algorithm(spec.algorithm)
-    X, feature_names = training_matrix(spec, settings, rows)
+    check_rows(X, settings)
     check_text(
         name=spec.name,
         description=spec.description,
@@ -155,11 +148,10 @@ def prepare(
         settings=settings,
         at=["body"],
     )
-    preprocessing = [step.model_dump() for step in spec.preprocessing]
     with fit_errors(algorithm.name):
         algorithm.build(spec.params)
-        build_preprocessor(preprocessing)
-    return PreparedTraining(algorithm, X, feature_names, preprocessing)
+        build_preprocessor(spec.preprocessing)
+    return PreparedTraining(algorithm, X, spec.feature_names, spec.preprocessing)
 
 
 def new_version(
@@ -186,39 +178,15 @@ def new_version(
     )
 
 
-def start_training(
-    *,
-    registry: ModelRegistry,
-    jobs: JobStore,
-    runner: JobRunner,
-    spec: TrainRequest,
-    settings: Settings,
-    metrics: ServiceMetrics,
-    rows: np.ndarray | None = None,
-) -> tuple[JobRecord, JobHandle]:
-    """Check ``spec``, then fit it in a worker process as a job whose result is the next version
-    of ``spec.name``. Returns at once; the handle's ``done`` is set when the job ends. ``rows``:
-    the training rows when they came as a ``.npy`` body (``spec.data`` is then empty)."""
-    try:
-        prepared = prepare(spec, settings, rows)
-    except LloydError:
-        if spec.algorithm in ALGORITHMS:
-            metrics.trainings.labels(spec.algorithm, "failed").inc()
-        raise
+def version_result(version: ModelVersion) -> dict[str, Any]:
+    """A training job's result document."""
+    return {"model": version.name, "version": version.version}
+
+
+def plan_training(service: JobService, spec: TrainSpec, prepared: PreparedTraining) -> JobPlan:
+    """The job of one training: a fit in a worker, then its version registered in the
+    transaction that marks the job succeeded."""
     algorithm = prepared.algorithm.name
-    job = jobs.create(
-        kind="training",
-        model_name=spec.name,
-        algorithm=algorithm,
-        total=1,
-        request={
-            "name": spec.name,
-            "algorithm": algorithm,
-            "params": spec.params,
-            "n_samples": prepared.X.shape[0],
-            "n_features": prepared.X.shape[1],
-        },
-    )
     task = Task(
         fit_for_training,
         {
@@ -227,25 +195,60 @@ def start_training(
             "preprocessing": prepared.preprocessing,
             "X": prepared.X,
             "feature_names": prepared.feature_names,
-            "contamination": spec.anomaly.contamination,
-            "refit_without_outliers": spec.anomaly.refit_without_outliers,
+            "contamination": spec.contamination,
+            "refit_without_outliers": spec.refit_without_outliers,
         },
     )
 
-    outcome: dict[str, Any] = {}
-
-    def finish(results: list[FitResult]) -> dict[str, Any]:
-        result = results[0]
-        metrics.training_duration.labels(algorithm).observe(result.training_seconds)
-        version = registry.register(
+    def finish(results: list[Any], claim: JobClaim) -> ModelVersion:
+        result: FitResult = results[0]
+        service.metrics.training_duration.labels(algorithm).observe(result.training_seconds)
+        return service.registry.register(
             spec.name,
             new_version(prepared, result, description=spec.description, tags=spec.tags),
             result.model,
+            claim=claim,
+            job_result=version_result,
         )
-        outcome["version"] = version
-        return {"model": version.name, "version": version.version}
 
     def done(status: str) -> None:
-        metrics.trainings.labels(algorithm, status).inc()
+        service.metrics.trainings.labels(algorithm, status).inc()
 
-    return job, runner.submit(job, [task], finish, on_done=done, outcome=outcome)
+    return JobPlan([task], finish, on_done=done)
+
+
+def start_training(
+    service: JobService, spec: TrainSpec, X: np.ndarray
+) -> tuple[JobRecord, JobHandle]:
+    """Check ``spec`` and its rows ``X``, then fit them in a worker as a job whose result is
+    the next version of ``spec.name``. Returns at once; the handle's ``done`` is set when the
+    job ends, and its ``outcome`` is then the version."""
+    try:
+        prepared = prepare(spec, X, service.settings)
+    except LloydError:
+        if spec.algorithm in ALGORITHMS:
+            service.metrics.trainings.labels(spec.algorithm, "failed").inc()
+        raise
+    new = NewJob(
+        kind=TRAINING,
+        model_name=spec.name,
+        algorithm=prepared.algorithm.name,
+        total=1,
+        request={
+            "name": spec.name,
+            "algorithm": prepared.algorithm.name,
+            "params": spec.params,
+            "n_samples": X.shape[0],
+            "n_features": X.shape[1],
+        },
+        spec=spec.document(),
+        retryable=spec.retryable,
+    )
+    return service.start(new, X, plan_training(service, spec, prepared))
+
+
+def replan_training(service: JobService, job: JobRecord, X: np.ndarray) -> JobPlan:
+    """The plan of a training job another replica started, from its saved spec and rows."""
+    assert job.spec is not None
+    spec = TrainSpec.from_document(job.spec)
+    return plan_training(service, spec, prepare(spec, X, service.settings))

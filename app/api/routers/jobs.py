@@ -2,12 +2,13 @@
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
-from app.api.deps import JobStoreDep, RunnerDep
+from app.api.deps import JobServiceDep, JobStoreDep
 from app.api.documents import job_out
+from app.api.responses import FastJSONResponse
 from app.api.schemas import JobOut, JobPage, Problem
-from app.services import jobs as job_service
+from app.registry.job_store import MAX_OFFSET
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -32,7 +33,7 @@ def list_jobs(
         Literal["training", "model_selection"] | None, Query(description="Only this kind.")
     ] = None,
     model: Annotated[str | None, Query(description="Only jobs for this model name.")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobPage:
     """Jobs, newest first, a page at a time."""
@@ -49,9 +50,20 @@ def get_job(job_id: JobId, jobs: JobStoreDep) -> JobOut:
 @router.delete(
     "/{job_id}",
     response_model=JobOut,
-    responses={**NOT_FOUND, 409: {"model": Problem, "description": "Already finished."}},
+    responses={
+        **NOT_FOUND,
+        202: {
+            "model": JobOut,
+            "description": "Another replica runs the job and has not yet seen the request "
+            "(`cancel_requested`): it stops the job at its next heartbeat.",
+        },
+        409: {"model": Problem, "description": "Already finished."},
+    },
 )
-def cancel_job(job_id: JobId, jobs: JobStoreDep, runner: RunnerDep) -> JobOut:
-    """Cancel a queued or running job: its worker processes are killed and no version is
-    created."""
-    return job_out(job_service.cancel(jobs=jobs, runner=runner, job_id=job_id))
+def cancel_job(job_id: JobId, service: JobServiceDep) -> Response:
+    """Cancel a queued or running job, whichever replica runs it: its worker processes are
+    killed and no version is created."""
+    job = service.cancel(job_id)
+    return FastJSONResponse(
+        job_out(job).model_dump(mode="json"), status_code=200 if job.finished else 202
+    )

@@ -6,7 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app.api.bodies import parse_rows_body
-from app.api.deps import JobStoreDep, MetricsDep, RegistryDep, RunnerDep, SettingsDep
+from app.api.deps import JobServiceDep
 from app.api.documents import job_out, version_out
 from app.api.operation_routes import LLOYD_REQUEST_HEADER, rows_request_body
 from app.api.responses import FastJSONResponse
@@ -18,11 +18,11 @@ from app.api.schemas import (
     TrainRequest,
     VersionOut,
 )
+from app.api.training_input import selection_input, training_input
 from app.jobs.runner import JobHandle
-from app.registry.job_store import JobRecord, JobStore
-from app.services import jobs as job_service
+from app.registry.job_store import SUCCEEDED, JobRecord
 from app.services import selection, training
-from app.settings import Settings
+from app.services.job_service import JobService
 
 router = APIRouter(prefix="/v1", tags=["training"])
 
@@ -53,15 +53,13 @@ def accepted(job: JobRecord) -> Response:
 
 
 async def finished(
-    job: JobRecord, handle: JobHandle, *, wait: bool, jobs: JobStore, settings: Settings
+    job: JobRecord, handle: JobHandle, *, wait: bool, service: JobService
 ) -> JobRecord:
     """The job once it ends, when the client waits and it ends within the sync limit; else the
     job as it stands (the caller answers 202 with it)."""
     if not wait:
         return job
-    return await job_service.wait_briefly(
-        jobs=jobs, job=job, handle=handle, timeout=settings.sync_timeout_seconds
-    )
+    return await service.wait_briefly(job, handle)
 
 
 @router.post(
@@ -74,14 +72,7 @@ async def finished(
         "parameters": [LLOYD_REQUEST_HEADER],
     },
 )
-async def train_model(
-    request: Request,
-    registry: RegistryDep,
-    jobs: JobStoreDep,
-    runner: RunnerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-) -> Response:
+async def train_model(request: Request, service: JobServiceDep) -> Response:
     """Train a new immutable version of model `name` and store it.
 
     The first training of a name creates the model (version 1); every later one adds the next
@@ -94,24 +85,17 @@ async def train_model(
     every other field, as JSON, in the `Lloyd-Request` header.
     """
     parsed = await parse_rows_body(request, TrainRequest)
-    spec = parsed.fields
-    assert spec is not None
+    body = parsed.fields
+    assert body is not None
+    # Rows into a matrix and every check, in the thread pool: a large body takes a while.
     job, handle = await run_in_threadpool(
-        lambda: training.start_training(
-            registry=registry,
-            jobs=jobs,
-            runner=runner,
-            spec=spec,
-            settings=settings,
-            metrics=metrics,
-            rows=parsed.rows,
-        )
+        lambda: training.start_training(service, *training_input(body, parsed.rows))
     )
-    job = await finished(job, handle, wait=spec.wait, jobs=jobs, settings=settings)
-    if not job_service.is_success(job):
+    job = await finished(job, handle, wait=body.wait, service=service)
+    if job.status != SUCCEEDED or handle.outcome is None:
         return accepted(job)
     # The version as registered: reading it back could race a delete of the model.
-    version = handle.outcome["version"]
+    version = handle.outcome
     return JSONResponse(
         version_out(version).model_dump(mode="json"),
         status_code=201,
@@ -128,14 +112,7 @@ async def train_model(
         "parameters": [LLOYD_REQUEST_HEADER],
     },
 )
-async def select_model(
-    request: Request,
-    registry: RegistryDep,
-    jobs: JobStoreDep,
-    runner: RunnerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-) -> Response:
+async def select_model(request: Request, service: JobServiceDep) -> Response:
     """Fit every candidate of a grid and report it, so that nobody has to guess k.
 
     k-means: inertia (and its elbow), silhouette (with each candidate's silhouette diagram
@@ -147,20 +124,12 @@ async def select_model(
     """
     # Read here, after the route's key check, never before it (see app.api.bodies).
     parsed = await parse_rows_body(request, ModelSelectionRequest)
-    spec = parsed.fields
-    assert spec is not None
+    body = parsed.fields
+    assert body is not None
     job, handle = await run_in_threadpool(
-        lambda: selection.start_selection(
-            registry=registry,
-            jobs=jobs,
-            runner=runner,
-            spec=spec,
-            settings=settings,
-            metrics=metrics,
-            rows=parsed.rows,
-        )
+        lambda: selection.start_selection(service, *selection_input(body, parsed.rows))
     )
-    job = await finished(job, handle, wait=spec.wait, jobs=jobs, settings=settings)
-    if not job_service.is_success(job):
+    job = await finished(job, handle, wait=body.wait, service=service)
+    if job.status != SUCCEEDED:
         return accepted(job)
     return FastJSONResponse(job.result)
