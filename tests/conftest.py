@@ -15,6 +15,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 
+# The S3 server fixtures (moto's, over real HTTP): s3_endpoint, s3_store_url.
+pytest_plugins = ["tests.s3"]
+
 POSTGRES_URL = os.environ.get(
     "LLOYD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

@@ -44,8 +44,8 @@ def test_a_training_whose_model_is_deleted_meanwhile_still_answers_its_201(clien
     registry = client.app.state.registry
     register = registry.register
 
-    def register_then_deleted(name, new, model):
-        version = register(name, new, model)
+    def register_then_deleted(name, new, model, **job):
+        version = register(name, new, model, **job)
         registry.delete_model(name)  # a concurrent DELETE /v1/models/{name}
         return version
 

@@ -37,6 +37,11 @@ JOB_FIELDS = {
     "created_at",
     "started_at",
     "finished_at",
+    "owner",
+    "lease_expires_at",
+    "attempts",
+    "retryable",
+    "cancel_requested",
 }
 
 

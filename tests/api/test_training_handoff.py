@@ -22,11 +22,13 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from app.jobs import shared_arrays
-from app.jobs.runner import JobRunner, Task
+from app.jobs.execution import Task
+from app.jobs.local_executor import LocalExecutor
+from app.jobs.runner import JobPlan, JobRunner
 from app.main import create_app
 from app.ml.anomaly import AnomalyThreshold
 from app.ml.cluster_separation import SILHOUETTE_SAMPLE_SIZE
-from app.registry.job_store import JobStore
+from app.registry.job_store import JobClaim, JobStore, NewJob
 from tests.api.test_jobs import is_gone, poll, worker_pids
 from tests.conftest import make_settings
 
@@ -169,16 +171,30 @@ def test_arrays_reach_the_worker_equal_writable_and_in_their_layout(
 ):
     jobs: JobStore = client.app.state.jobs
     # One job at a time: its worker gets every core's thread.
-    runner = JobRunner(jobs=jobs, max_workers=1, timeout_seconds=60)
+    owner = "handoff|1|t"
+    runner = JobRunner(
+        jobs=jobs,
+        executor=LocalExecutor(max_workers=1),
+        owner=owner,
+        timeout_seconds=60,
+        max_jobs=1,
+    )
     X = np.asarray(np.random.default_rng(0).normal(size=(40_000, 7)), order=layout)
     small = np.arange(10.0)
     before = X.copy(order="K")
-    job = jobs.create(kind="training", model_name="x", algorithm="kmeans", total=1, request={})
+    job = jobs.create(
+        NewJob(kind="training", model_name="x", algorithm="kmeans", total=1, request={}),
+        owner=owner,
+        lease_seconds=60,
+    )
     results: list[Any] = []
+
+    def finish(answers: list[Any], claim: JobClaim) -> None:
+        results.extend(answers)
+        jobs.complete(claim, {})
+
     handle = runner.submit(
-        job,
-        [Task(describe, {"X": X, "same": X, "small": small})],
-        lambda answers: results.extend(answers) or {},
+        job, JobPlan([Task(describe, {"X": X, "same": X, "small": small})], finish)
     )
     assert handle.done.wait(60)
     assert jobs.get(job.id).status == "succeeded"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +52,14 @@ PER_ROW = {
 NULLABLE = {"contamination", "explanation", "contributions"}
 PROBLEM = "application/problem+json"
 NPY = "application/x-npy"
+# Enough valid bodies per operation that a 200 is certain.
+FEW = settings(
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 FUZZ = settings(
     max_examples=300,
     deadline=None,  # a shared, noisy CI machine
@@ -298,7 +305,6 @@ def check(response, endpoint: tuple[str, str, str], body: Any, allowed: set[int]
 # -- the tests -----------------------------------------------------------------------------------
 def test_random_json_gets_an_answer_or_a_problem(served):
     client, supported = served
-    answered: Counter[tuple[str, str]] = Counter()
 
     @FUZZ
     @given(
@@ -323,12 +329,33 @@ def test_random_json_gets_an_answer_or_a_problem(served):
         response = client.post(path(endpoint), content=json.dumps(body), headers=headers)
         # 406: an explanation asked for as .npy.
         check(response, endpoint, body, {400, 406, 422})
-        if response.status_code == 200:
-            answered[endpoint[:2]] += 1
 
     post()
-    # The generated bodies reach the answers too, not only the refusals.
-    assert not set(supported) - set(answered), answered
+
+    # The generated bodies reach the answers too, not only the refusals: for every supported
+    # (model, operation), its own run of valid bodies. (Which pairs the mixed walk above
+    # happens to answer depends on the engine's state, not only on its seed: the modules run
+    # before this one in the process changed it.)
+    for name, operation in supported:
+        assert valid_bodies_answered(client, name, operation) > 0, (name, operation)
+
+
+def valid_bodies_answered(client: TestClient, name: str, operation: str) -> int:
+    """How many of a few generated valid bodies ``name``'s ``operation`` answered with a 200
+    (every answer checked as the fuzz checks it)."""
+    answered = 0
+
+    @FEW
+    @given(body=good_bodies(operation), version=st.sampled_from(["", "/versions/1"]))
+    def answer(body, version):
+        nonlocal answered
+        endpoint = (name, operation, version)
+        response = client.post(path(endpoint), json=body)
+        check(response, endpoint, body, {400, 406, 422})
+        answered += response.status_code == 200
+
+    answer()
+    return answered
 
 
 def test_json_texts_that_parsers_read_differently_get_an_answer_or_a_problem(served):

@@ -1,6 +1,7 @@
-"""The real server killed with SIGKILL while a job runs: started again on the same database and
-store, it marks the interrupted job failed ("interrupted by restart") and keeps the finished ones
-with their results."""
+"""The real server killed with SIGKILL while jobs run: started again on the same database and
+store, it takes the interrupted jobs over once their lease has lapsed (the dead process cannot
+renew it), runs the retryable one again from its saved rows, fails the other with the reason,
+and keeps the finished jobs with their results."""
 
 from __future__ import annotations
 
@@ -52,7 +53,12 @@ def server(tmp_path: Path, log: Path) -> Iterator[tuple[httpx.Client, subprocess
     """The server and a client of it once /healthz answers; the server's whole process group
     (it, its forkserver and its workers) is SIGKILLed on the way out."""
     port = free_port()
-    env = server_env(f"sqlite:///{tmp_path / 'lloyd.db'}", tmp_path / "store")
+    env = server_env(
+        f"sqlite:///{tmp_path / 'lloyd.db'}",
+        tmp_path / "store",
+        LLOYD_JOB_LEASE_SECONDS="2",
+        LLOYD_JOB_HEARTBEAT_SECONDS="0.5",
+    )
     with (
         running_process(uvicorn_command(port), env, port, log) as (process, base_url),
         httpx.Client(base_url=base_url, timeout=60) as http,
@@ -76,7 +82,7 @@ def start_job(http: httpx.Client, url: str, body: dict[str, Any]) -> str:
     return response.json()["id"]
 
 
-def test_a_job_running_when_the_server_is_killed_is_failed_at_restart(tmp_path):
+def test_jobs_running_when_the_server_is_killed_are_taken_over_at_restart(tmp_path):
     log = tmp_path / "server.log"
     with server(tmp_path, log) as (http, process):
         quick = start_job(http, "/v1/models", QUICK_TRAINING)
@@ -98,37 +104,51 @@ def test_a_job_running_when_the_server_is_killed_is_failed_at_restart(tmp_path):
         assert finished[quick]["result"] == {"model": "quick", "version": 1}
 
         slow = start_job(http, "/v1/models", SLOW_TRAINING)
+        once = start_job(http, "/v1/models", SLOW_TRAINING | {"name": "once", "retryable": False})
         running = poll(http, slow, ("running", "succeeded", "failed", "cancelled"))
         assert running["status"] == "running", running
+        assert running["attempts"] == 1
+        assert poll(http, once, ("running", "failed"))["status"] == "running"
         models_before = http.get("/v1/models").json()
 
         kill_group(process)
         assert process.returncode == -signal.SIGKILL
         assert not group_alive(process.pid), "a worker outlived its server"
-    files_before = sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file())
+    files_before = sorted(p.name for p in (tmp_path / "store" / "artifacts").glob("*"))
 
     with server(tmp_path, log) as (http, _):
-        job = http.get(f"/v1/jobs/{slow}").json()
-        assert job["status"] == "failed", job
-        assert job["error"]["code"] == "interrupted"
-        assert job["error"]["detail"] == "interrupted by restart"
-        assert job["result"] is None
-        assert job["started_at"] == running["started_at"]
-        assert job["finished_at"] is not None
-        assert "marked 1 interrupted job(s) failed" in log.read_text()
+        # The retryable job runs again here, from its saved rows...
+        again = poll(http, slow, ("running", "succeeded", "failed", "cancelled"))
+        deadline = time.monotonic() + POLL_TIMEOUT_SECONDS
+        while again["attempts"] < 2:
+            assert time.monotonic() < deadline, again
+            time.sleep(0.05)
+            again = http.get(f"/v1/jobs/{slow}").json()
+        assert again["status"] == "running", again
+        assert again["owner"]["pid"] != running["owner"]["pid"]
+        assert "queued again" in log.read_text()
+        # ...and the other, which may not run twice, fails with the reason.
+        failed = poll(http, once, ("succeeded", "failed", "cancelled"))
+        assert failed["status"] == "failed", failed
+        assert failed["error"]["code"] == "interrupted"
+        assert "not retryable" in failed["error"]["detail"]
+        assert failed["result"] is None
 
         # The finished jobs, their results and the version the first one made are still there.
         for job_id, before in finished.items():
             assert http.get(f"/v1/jobs/{job_id}").json() == before
         assert http.get("/v1/models").json() == models_before
-        assert_slow_left_nothing(http, tmp_path, files_before)
         predicted = http.post("/v1/models/quick/predict", json={"instances": ROWS}).json()
         reference = KMeans(n_clusters=3, random_state=0).fit(X)
         assert predicted["labels"] == reference.predict(X).tolist()
-        listed = http.get("/v1/jobs", params={"status": "failed"}).json()
-        assert [j["id"] for j in listed["items"]] == [slow]
 
-        # And the restarted server runs new jobs.
+        # Cancelled, the retried job leaves nothing either; the server runs new jobs.
+        cancelled = http.delete(f"/v1/jobs/{slow}")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert_slow_left_nothing(http, tmp_path, files_before)
+        listed = http.get("/v1/jobs", params={"status": "failed"}).json()
+        assert [j["id"] for j in listed["items"]] == [once]
         again = start_job(http, "/v1/models", QUICK_TRAINING | {"params": {"n_clusters": 2}})
         done = poll(http, again, ("succeeded", "failed"))
         assert done["result"] == {"model": "quick", "version": 2}
@@ -136,6 +156,9 @@ def test_a_job_running_when_the_server_is_killed_is_failed_at_restart(tmp_path):
 
 def assert_slow_left_nothing(http: httpx.Client, tmp_path: Path, files_before: list[str]) -> None:
     assert http.get("/v1/models/slow").status_code == 404
-    files = sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert http.get("/v1/models/once").status_code == 404
+    files = sorted(p.name for p in (tmp_path / "store" / "artifacts").glob("*"))
     assert files == files_before
     assert len([f for f in files if f.endswith(".joblib")]) == 1, files  # quick's artifact only
+    # Once both jobs ended, neither's saved rows are kept.
+    assert list((tmp_path / "store" / "jobs").glob("*")) == []

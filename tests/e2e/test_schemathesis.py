@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -31,7 +32,6 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.python.asgi import get_client, shutdown_lifespans
 from sklearn.datasets import make_blobs
 
-from app.api.schemas import TrainRequest
 from app.api_keys import hash_key
 from app.errors import ModelNotFound
 from app.main import create_app
@@ -111,17 +111,15 @@ def fitted(name: str) -> list[tuple[NewVersion, Any]]:
     process runs for a training."""
     out = []
     for algorithm, params in MODELS[name]:
-        spec = TrainRequest.model_validate(
-            {"name": name, "algorithm": algorithm, "params": params, "data": {"instances": ROWS}}
-        )
-        prepared = training.prepare(spec, OPEN_APP.state.settings)
+        spec = training.TrainSpec(name=name, algorithm=algorithm, params=params)
+        prepared = training.prepare(spec, np.asarray(ROWS, dtype=float), OPEN_APP.state.settings)
         result = fit_for_training(
             algorithm=algorithm,
             params=params,
             preprocessing=[],
             X=prepared.X,
             feature_names=None,
-            contamination=spec.anomaly.contamination,
+            contamination=spec.contamination,
             refit_without_outliers=False,
         )
         new = training.new_version(prepared, result, description=None, tags={})
