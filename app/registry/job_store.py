@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,6 +119,15 @@ class JobClaim:
 
     job_id: str
     owner: str
+
+
+@dataclass(frozen=True)
+class JobCompletion:
+    """A job completed by the transaction that commits its product (a version): the claim
+    that must still hold, and the job's result document, made from that product."""
+
+    claim: JobClaim
+    result: Callable[[Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)

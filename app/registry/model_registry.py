@@ -6,7 +6,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,7 +29,7 @@ from app.registry.cache import ModelCache
 from app.registry.compatibility import RUNNING, compared_versions, drift_error, has_drifted
 from app.registry.compatibility import SETTING as DRIFT_SETTING
 from app.registry.database import WRITE
-from app.registry.job_store import JobClaim, complete_job_in
+from app.registry.job_store import JobCompletion, complete_job_in
 from app.registry.notifications import REGISTRY, Notifications
 from app.registry.orm import AliasRow, ModelRow, VersionRow
 from app.registry.records import ModelSummary, ModelVersion, NewVersion
@@ -301,19 +301,18 @@ class ModelRegistry:
         new: NewVersion,
         model: Any,
         *,
-        claim: JobClaim | None = None,
-        job_result: Callable[[ModelVersion], dict[str, Any]] | None = None,
+        completes: JobCompletion | None = None,
     ) -> ModelVersion:
         """Store ``model`` as the next version of ``name``.
 
         The artifact is durable in the store before the row is committed; if the commit fails
-        the artifact is removed, so neither exists without the other. With ``claim``, the job
-        that produced the model is marked succeeded (its result ``job_result(version)``) in the
-        same transaction, which commits only while the job row still says its owner runs it:
+        the artifact is removed, so neither exists without the other. With ``completes``, the job
+        that produced the model is marked succeeded (its result ``completes.result(version)``)
+        in the same transaction, which commits only while the job row still says its owner runs it:
         a cancelled job, or one another replica took over, never gains a version."""
         artifact = self.store.write(self.store.serialize(model))
         try:
-            version = self._allocate(name, new, artifact, claim, job_result)
+            version = self._allocate(name, new, artifact, completes)
         except BaseException:
             self.store.delete(artifact.path)
             raise
@@ -328,12 +327,11 @@ class ModelRegistry:
         name: str,
         new: NewVersion,
         artifact: StoredArtifact,
-        claim: JobClaim | None,
-        job_result: Callable[[ModelVersion], dict[str, Any]] | None,
+        completes: JobCompletion | None,
     ) -> ModelVersion:
         for attempt in range(ALLOCATION_ATTEMPTS):
             try:
-                return self._insert_version(name, new, artifact, claim, job_result)
+                return self._insert_version(name, new, artifact, completes)
             except IntegrityError as exc:
                 if not _lost_allocation_race(exc):
                     raise
@@ -345,8 +343,7 @@ class ModelRegistry:
         name: str,
         new: NewVersion,
         artifact: StoredArtifact,
-        claim: JobClaim | None,
-        job_result: Callable[[ModelVersion], dict[str, Any]] | None,
+        completes: JobCompletion | None,
     ) -> ModelVersion:
         with self._writing() as session:
             model = session.scalars(
@@ -380,9 +377,8 @@ class ModelRegistry:
             session.add(row)
             session.flush()
             version = self._record(name, row, [])
-            if claim is not None:
-                result = job_result(version) if job_result is not None else {}
-                complete_job_in(session, claim, result)
+            if completes is not None:
+                complete_job_in(session, completes.claim, completes.result(version))
             return version
 
     def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:

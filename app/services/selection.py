@@ -14,7 +14,7 @@ from app.jobs.runner import JobHandle, JobPlan
 from app.ml.catalog import Algorithm
 from app.ml.fitting import FitResult
 from app.ml.selection import CRITERIA, SELECTABLE, Candidate, expand_grid, grid_size, summarize
-from app.registry.job_store import JobClaim, JobRecord, NewJob
+from app.registry.job_store import JobClaim, JobCompletion, JobRecord, NewJob
 from app.services.fitting_tasks import fit_candidate, fit_errors
 from app.services.job_service import JobService
 from app.services.training import (
@@ -241,8 +241,7 @@ def plan_selection(service: JobService, spec: SelectionSpec, ready: PreparedSele
             register.name,
             new_version(prepared, result, description=register.description, tags=register.tags),
             result.model,
-            claim=claim,
-            job_result=with_registered,
+            completes=JobCompletion(claim, with_registered),
         )
         return report
 

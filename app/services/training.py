@@ -19,7 +19,7 @@ from app.jobs.runner import JobHandle, JobPlan
 from app.ml.catalog import ALGORITHMS, Algorithm
 from app.ml.fitting import FitResult
 from app.ml.preprocessing import build_preprocessor
-from app.registry.job_store import JobClaim, JobRecord, NewJob
+from app.registry.job_store import JobClaim, JobCompletion, JobRecord, NewJob
 from app.registry.records import ModelVersion, NewVersion
 from app.services.fitting_tasks import fit_errors, fit_for_training
 from app.services.job_service import JobService
@@ -207,8 +207,7 @@ def plan_training(service: JobService, spec: TrainSpec, prepared: PreparedTraini
             spec.name,
             new_version(prepared, result, description=spec.description, tags=spec.tags),
             result.model,
-            claim=claim,
-            job_result=version_result,
+            completes=JobCompletion(claim, version_result),
         )
 
     def done(status: str) -> None:

@@ -19,6 +19,7 @@ from app.registry.job_store import (
     RUNNING,
     SUCCEEDED,
     JobClaim,
+    JobCompletion,
     JobStore,
     NewJob,
     parse_owner,
@@ -187,15 +188,21 @@ def test_a_version_is_registered_in_the_transaction_that_completes_its_job(
         "line-7",
         model.new,
         model.model,
-        claim=JobClaim(job.id, A),
-        job_result=lambda v: {"model": v.name, "version": v.version},
+        completes=JobCompletion(
+            JobClaim(job.id, A), lambda v: {"model": v.name, "version": v.version}
+        ),
     )
     assert jobs.get(job.id).result == {"model": "line-7", "version": version.version}
 
     cancelled = jobs.create(new_job(), owner=A, lease_seconds=30)
     jobs.request_cancel(cancelled.id)
     with pytest.raises(JobNotHeld):
-        registry.register("line-7", model.new, model.model, claim=JobClaim(cancelled.id, A))
+        registry.register(
+            "line-7",
+            model.new,
+            model.model,
+            completes=JobCompletion(JobClaim(cancelled.id, A), lambda v: {}),
+        )
     # Neither the version nor its artifact: the transaction rolled back, the file was removed.
     assert count_rows(engine, "model_versions") == 1
     assert len([p for p in artifact_files(registry) if p.suffix == ".joblib"]) == 1
