@@ -68,7 +68,8 @@ class SharedArray:
         rows = array.T if self.fortran else array
         self._fd = _anonymous_file()
         try:
-            _write_all(self._fd, memoryview(rows).cast("B"))
+            # rows.data is memoryview(rows), which numpy types as a Buffer on Python 3.12+ only.
+            _write_all(self._fd, rows.data.cast("B"))
         except BaseException:
             os.close(self._fd)
             raise

@@ -17,7 +17,8 @@ def column_medians(X: np.ndarray) -> np.ndarray:
     with a median of zero takes np.median's own."""
     if X.ndim != 2 or X.dtype != np.float64 or X.shape[0] == 0 or np.isnan(X).any():
         # Other dtypes, and NaN (np.median's answer for a column holding one), stay numpy's.
-        return np.median(X, axis=0)
+        numpy_medians: np.ndarray = np.median(X, axis=0)
+        return numpy_medians
     n = X.shape[0]
     half = n // 2
     columns = np.array(X.T, order="C")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import KNeighborsClassifier
@@ -18,7 +20,7 @@ DBSCAN_METRICS = frozenset(
 )
 
 
-class DBSCANKNN(ClusterMixin, BaseEstimator):
+class DBSCANKNN(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn has no types
     """DBSCAN whose clusters can be assigned to new points.
 
     ``fit`` runs :class:`sklearn.cluster.DBSCAN`, then fits a
@@ -32,7 +34,7 @@ class DBSCANKNN(ClusterMixin, BaseEstimator):
     ``n_neighbors_`` and ``max_distance_`` (the effective values), ``n_features_in_``.
     """
 
-    _parameter_constraints: dict = {  # noqa: RUF012 - scikit-learn's own convention
+    _parameter_constraints: dict[str, list[Any]] = {  # noqa: RUF012 - scikit-learn's own convention
         "eps": [Interval(Real, 0.0, None, closed="neither")],
         "min_samples": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions(set(DBSCAN_METRICS))],
@@ -67,7 +69,7 @@ class DBSCANKNN(ClusterMixin, BaseEstimator):
         self.weights = weights
         self.max_distance = max_distance
 
-    def fit(self, X, y=None) -> DBSCANKNN:
+    def fit(self, X: ArrayLike, y: object = None) -> DBSCANKNN:
         """Run DBSCAN on ``X`` and fit the classifier on its core samples."""
         self._validate_params()
         X = validate_data(self, X, dtype=np.float64)
@@ -102,24 +104,28 @@ class DBSCANKNN(ClusterMixin, BaseEstimator):
         self.classes_ = self.knn_.classes_
         return self
 
-    def _validated(self, X) -> np.ndarray:
+    def _validated(self, X: ArrayLike) -> NDArray[np.float64]:
         check_is_fitted(self, "knn_")
-        return validate_data(self, X, dtype=np.float64, reset=False)
+        rows: NDArray[np.float64] = validate_data(self, X, dtype=np.float64, reset=False)
+        return rows
 
-    def core_distance(self, X) -> np.ndarray:
+    def core_distance(self, X: ArrayLike) -> NDArray[np.float64]:
         """Distance from each row to its nearest core sample."""
         X = self._validated(X)
+        distances: NDArray[np.float64]
         distances, _ = self.knn_.kneighbors(X, n_neighbors=1)
         return distances[:, 0]
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> NDArray[np.intp]:
         """Cluster label of each row, ``-1`` beyond ``max_distance`` of every core sample."""
         X = self._validated(X)
-        labels = self.knn_.predict(X)
+        labels: NDArray[np.intp] = self.knn_.predict(X)
+        distances: NDArray[np.float64]
         distances, _ = self.knn_.kneighbors(X, n_neighbors=1)
         return np.where(distances[:, 0] > self.max_distance_, -1, labels)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
         """The classifier's vote shares over ``classes_`` among the nearest core samples."""
         X = self._validated(X)  # first: it raises NotFittedError before knn_ is read
-        return self.knn_.predict_proba(X)
+        proba: NDArray[np.float64] = self.knn_.predict_proba(X)
+        return proba

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from sklearn.preprocessing import StandardScaler
 
 from app.ml.dbscan_knn import DBSCANKNN
@@ -48,11 +49,13 @@ def _feature_wise(model: FittedModel) -> bool:
 
 
 def _mahalanobis_terms(est: Any, Xt: np.ndarray) -> np.ndarray:
-    component = est.predict(Xt)
-    diff = Xt - est.means_[component]
-    precisions = est.precisions_
+    component: NDArray[np.intp] = est.predict(Xt)
+    means: NDArray[np.float64] = est.means_
+    precisions: NDArray[np.float64] = est.precisions_
+    diff: NDArray[np.float64] = Xt - means[component]
     if est.covariance_type == "full":
-        return diff * np.einsum("nij,nj->ni", precisions[component], diff)
+        precise_diff: NDArray[np.float64] = np.einsum("nij,nj->ni", precisions[component], diff)
+        return diff * precise_diff
     if est.covariance_type == "tied":
         return diff * (diff @ precisions.T)
     if est.covariance_type == "diag":

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.linalg.blas import dgemm
 from scipy.special import digamma
 from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -77,11 +78,13 @@ class FastKMeans(FastInference):
     """``KMeans`` and ``MiniBatchKMeans``: predict, transform and score (default weights)."""
 
     def __init__(self, estimator: KMeans | MiniBatchKMeans) -> None:
-        self.centers = estimator.cluster_centers_
+        self.centers: NDArray[np.float64] = estimator.cluster_centers_
         # Squared norms as scikit-learn's row_norms computes them, for labels and distances.
-        self.center_sq_norms = np.einsum("ij,ij->i", self.centers, self.centers)
+        self.center_sq_norms: NDArray[np.float64] = np.einsum(
+            "ij,ij->i", self.centers, self.centers
+        )
         # Set at fit and stored with the model: the thread count scikit-learn's score uses.
-        self.n_threads = estimator._n_threads
+        self.n_threads: int = estimator._n_threads
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Index of the nearest center: argmin of ||c||^2 - 2 x.c, first index on a tie."""
@@ -98,13 +101,15 @@ class FastKMeans(FastInference):
                 trans_a=1,
                 overwrite_c=1,
             )
-        return scores.argmin(axis=1).astype(np.int32)
+        nearest: NDArray[np.intp] = scores.argmin(axis=1)
+        return nearest.astype(np.int32)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Distance to every center, as ``euclidean_distances`` computes it."""
         distances = X @ self.centers.T
         distances *= -2
-        distances += np.einsum("ij,ij->i", X, X)[:, None]
+        row_sq_norms: NDArray[np.float64] = np.einsum("ij,ij->i", X, X)
+        distances += row_sq_norms[:, None]
         distances += self.center_sq_norms
         np.maximum(distances, 0, out=distances)
         return np.sqrt(distances, out=distances)
@@ -137,12 +142,15 @@ class FastGaussianMixture(FastInference):
     predict_proba, score_samples and score."""
 
     def __init__(self, estimator: GaussianMixture | BayesianGaussianMixture) -> None:
-        means = estimator.means_
-        prec_chol = estimator.precisions_cholesky_
+        means: NDArray[np.float64] = estimator.means_
+        prec_chol: NDArray[np.float64] = estimator.precisions_cholesky_
         n_features = means.shape[1]
-        self.covariance_type = estimator.covariance_type
+        self.covariance_type: str = estimator.covariance_type
         self.n_components = len(means)
         self.prec_chol = prec_chol
+        self.mean_prec: NDArray[np.float64]
+        self.precisions: NDArray[np.float64]
+        self.mean_sq_prec: NDArray[np.float64]
         if self.covariance_type == "full":
             self.mean_prec = np.stack([mu @ p for mu, p in zip(means, prec_chol, strict=True)])
         elif self.covariance_type == "tied":
@@ -156,12 +164,14 @@ class FastGaussianMixture(FastInference):
             self.means = means
             self.mean_sq_prec = np.sum(means**2, axis=1) * self.precisions
         self.log_2pi = n_features * math.log(2 * math.pi)
-        self.log_det = _compute_log_det_cholesky(prec_chol, self.covariance_type, n_features)
-        self.log_weights = estimator._estimate_log_weights()
+        self.log_det: NDArray[np.float64] = _compute_log_det_cholesky(
+            prec_chol, self.covariance_type, n_features
+        )
+        self.log_weights: NDArray[np.float64] = estimator._estimate_log_weights()
         # BayesianGaussianMixture._estimate_log_prob's two further terms, left as two terms.
         self.bayes_terms: tuple[np.ndarray, np.ndarray] | None = None
         if isinstance(estimator, BayesianGaussianMixture):
-            dof = estimator.degrees_of_freedom_
+            dof: NDArray[np.float64] = estimator.degrees_of_freedom_
             log_lambda = n_features * np.log(2.0) + np.sum(
                 digamma(0.5 * (dof - np.arange(0, n_features)[:, np.newaxis])), 0
             )
@@ -224,13 +234,15 @@ class FastGaussianMixture(FastInference):
         return log_prob
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.weighted_log_prob(X).argmax(axis=1)
+        labels: NDArray[np.intp] = self.weighted_log_prob(X).argmax(axis=1)
+        return labels
 
     def log_density_and_labels(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``score_samples`` and ``predict`` from one pass over the rows (a training's
         threshold and metrics need both)."""
         weighted = self.weighted_log_prob(X)
-        return _logsumexp_rows(weighted), weighted.argmax(axis=1)
+        labels: NDArray[np.intp] = weighted.argmax(axis=1)
+        return _logsumexp_rows(weighted), labels
 
     def _folded_weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
         """``weighted_log_prob`` in fewer, larger operations: a full mixture's products in one
@@ -242,14 +254,16 @@ class FastGaussianMixture(FastInference):
         y -= self.wide_mean_prec
         np.square(y, out=y)
         # -0.5 times each component's sum of squares, as one product (halving is exact).
-        weighted = y.reshape(X.shape[0], self.n_components, -1) @ self.minus_halves
+        per_component = y.reshape(X.shape[0], self.n_components, -1)
+        weighted: NDArray[np.float64] = per_component @ self.minus_halves
         weighted += self.folded_constant
         return weighted
 
     def _one_row_weighted_log_prob(self, X: np.ndarray) -> list[float]:
         """``_folded_weighted_log_prob`` of one row, as Python floats, in fewer numpy calls."""
         if self.group_halves is None:
-            return self._folded_weighted_log_prob(X)[0].tolist()
+            row: list[float] = self._folded_weighted_log_prob(X)[0].tolist()
+            return row
         y = np.dot(X[0], self.wide_prec)
         np.subtract(y, self.wide_mean_prec, out=y)
         np.multiply(y, y, out=y)
@@ -287,7 +301,8 @@ class FastGaussianMixture(FastInference):
             return weighted
         weighted = self.weighted_log_prob(X)
         weighted -= _logsumexp_rows(weighted)[:, None]
-        return np.exp(weighted, out=weighted)
+        np.exp(weighted, out=weighted)
+        return weighted
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         out = np.empty(X.shape[0])
@@ -317,7 +332,7 @@ class FastPCA(FastInference):
     """``PCA.transform``: project, subtract the projected mean, whiten if asked."""
 
     def __init__(self, estimator: PCA) -> None:
-        self.components = estimator.components_
+        self.components: NDArray[np.float64] = estimator.components_
         self.mean_projected = np.reshape(estimator.mean_, (1, -1)) @ self.components.T
         self.whitening: np.ndarray | None = None
         if estimator.whiten:
@@ -326,7 +341,7 @@ class FastPCA(FastInference):
             self.whitening = np.where(scale < eps, eps, scale)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        Xt = X @ self.components.T
+        Xt: NDArray[np.float64] = X @ self.components.T
         Xt -= self.mean_projected
         if self.whitening is not None:
             Xt /= self.whitening
@@ -345,13 +360,14 @@ class FastPipeline(FastInference):
         return X
 
 
-def compile_fast(estimator: object) -> FastInference | None:
+def compile_fast(estimator: Any) -> FastInference | None:
     """The exact fast path for a fitted ``estimator`` (or a Pipeline of supported transforms),
     or None where there is none: another estimator, a subclass (it may compute differently), not
     fitted, or fitted in another precision than float64."""
     if type(estimator) is Pipeline:
-        steps = [compile_fast(step) for _, step in estimator.steps]
-        return None if None in steps else FastPipeline(steps)
+        compiled = [compile_fast(step) for _, step in estimator.steps]
+        steps = [step for step in compiled if step is not None]
+        return FastPipeline(steps) if len(steps) == len(compiled) else None
     compiler = _COMPILERS.get(type(estimator))
     if compiler is None or not _fitted_in_float64(estimator):
         return None
@@ -420,4 +436,5 @@ def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
     exps[is_top] = 0.0
     count = is_top.sum(axis=1, keepdims=True)
     total = exps.sum(axis=1, keepdims=True) / count
-    return (np.log1p(total) + np.log(count) + top)[:, 0]
+    log_sum: NDArray[np.float64] = np.log1p(total) + np.log(count) + top
+    return log_sum[:, 0]

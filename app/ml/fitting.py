@@ -62,7 +62,9 @@ class _Fit:
     warnings: list[str]
 
 
-def _fit_once(algorithm: Algorithm, params: dict[str, Any], preprocessing, X: np.ndarray) -> _Fit:
+def _fit_once(
+    algorithm: Algorithm, params: dict[str, Any], preprocessing: list[dict[str, Any]], X: np.ndarray
+) -> _Fit:
     estimator = algorithm.build(params)
     preprocessor = build_preprocessor(preprocessing)
     if algorithm.n_clusters_param:
@@ -135,7 +137,6 @@ def fit_model(
             family=algorithm.family,
             estimator=fit.estimator,
             preprocessor=fit.preprocessor,
-            anomaly=None,  # type: ignore[arg-type] - set once the scores are known
             n_features_in=X.shape[1],
             feature_names=feature_names,
         )
@@ -166,7 +167,7 @@ def fit_model(
                 scores = scored.scores
                 threshold = AnomalyThreshold.fit(scores, contamination)
                 fit_scored = _training_scores(model, fit.Xt)
-        model.anomaly = threshold
+        model.anomaly = threshold  # the model's scores were needed first
         try:
             # Detectors report the scores the threshold was drawn from (every posted row); the
             # other families' metrics are of the rows fitted on.
@@ -188,7 +189,8 @@ def fit_model(
 
 
 def _cluster_sizes(labels: np.ndarray, n_clusters: int) -> list[int]:
-    return np.bincount(labels[labels >= 0], minlength=n_clusters).tolist()
+    sizes: list[int] = np.bincount(labels[labels >= 0], minlength=n_clusters).tolist()
+    return sizes
 
 
 def training_metrics(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,12 +26,14 @@ class FittedModel:
     family: str
     estimator: BaseEstimator
     preprocessor: Pipeline | None
-    anomaly: AnomalyThreshold
     n_features_in: int
     feature_names: list[str] | None
     # Per original feature, the training median: the reference of median-substitution
     # explanations. None in artifacts written before explanations existed.
     training_medians: np.ndarray | None = None
+    # Drawn from the training rows' anomaly scores, which need the model itself: fit_model sets
+    # it once they are known, before the model leaves it.
+    anomaly: AnomalyThreshold = field(init=False)
 
     # -- exact fast inference (app.ml.fast_inference): built on load, never stored -----------------
     def __post_init__(self) -> None:
@@ -106,9 +108,9 @@ class FittedModel:
         if hasattr(est, "estimators_"):  # isolation forest: a root-to-leaf walk per tree
             return 16 * len(est.estimators_)
         if hasattr(est, "n_samples_fit_"):  # local outlier factor: neighbours among the fit rows
-            return d * est.n_samples_fit_
+            return d * int(est.n_samples_fit_)
         if hasattr(est, "pca_"):
-            return 2 * d * est.n_components_
+            return 2 * d * int(est.n_components_)
         return d * d
 
     # -- operations ----------------------------------------------------------------------------
@@ -153,7 +155,8 @@ class FittedModel:
         if self.family in ("mixture", "anomaly"):
             # scikit-learn's score_samples is "higher is more normal" for both.
             return -est.score_samples(Xt)
-        return est.transform(Xt).min(axis=1)
+        nearest: np.ndarray = est.transform(Xt).min(axis=1)
+        return nearest
 
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
         fast, Xt = self._prepared(X)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from numbers import Integral
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 
-class PCAReconstruction(BaseEstimator):
+class PCAReconstruction(BaseEstimator):  # type: ignore[misc]  # scikit-learn has no types: Any
     """Fit a PCA on normal rows; a row the kept components cannot rebuild is unusual.
 
     ``n_components`` is an int (components kept) or a float in (0, 1) (share of variance kept).
@@ -20,7 +22,7 @@ class PCAReconstruction(BaseEstimator):
     errors, whose row sums are exactly minus ``score_samples``.
     """
 
-    _parameter_constraints: dict = {  # noqa: RUF012 - scikit-learn's own convention
+    _parameter_constraints: dict[str, list[Any]] = {  # noqa: RUF012 - scikit-learn's own convention
         "n_components": [
             Interval(Integral, 1, None, closed="left"),
             Interval(RealNotInt, 0, 1, closed="neither"),
@@ -30,13 +32,17 @@ class PCAReconstruction(BaseEstimator):
     }
 
     def __init__(
-        self, n_components: int | float = 0.95, *, svd_solver: str = "auto", random_state=None
+        self,
+        n_components: int | float = 0.95,
+        *,
+        svd_solver: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.n_components = n_components
         self.svd_solver = svd_solver
         self.random_state = random_state
 
-    def fit(self, X, y=None) -> PCAReconstruction:
+    def fit(self, X: ArrayLike, y: object = None) -> PCAReconstruction:
         self._validate_params()
         X = validate_data(self, X, dtype=np.float64)
         self.pca_ = PCA(
@@ -47,13 +53,14 @@ class PCAReconstruction(BaseEstimator):
         self.n_components_ = int(self.pca_.n_components_)
         return self
 
-    def reconstruction_errors(self, X) -> np.ndarray:
+    def reconstruction_errors(self, X: ArrayLike) -> NDArray[np.float64]:
         """Per row and feature, the squared difference between the row and its reconstruction."""
         check_is_fitted(self, "pca_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        rebuilt = self.pca_.inverse_transform(self.pca_.transform(X))
-        return (X - rebuilt) ** 2
+        rows: NDArray[np.float64] = validate_data(self, X, dtype=np.float64, reset=False)
+        rebuilt: NDArray[np.float64] = self.pca_.inverse_transform(self.pca_.transform(rows))
+        return (rows - rebuilt) ** 2
 
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: ArrayLike) -> NDArray[np.float64]:
         """Minus the squared reconstruction error: lower is more abnormal."""
-        return -self.reconstruction_errors(X).sum(axis=1)
+        squared_errors: NDArray[np.float64] = self.reconstruction_errors(X).sum(axis=1)
+        return -squared_errors

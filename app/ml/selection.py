@@ -194,4 +194,5 @@ def summarize(
                 "value": chosen["metrics"]["inertia"],
                 "rule": "elbow of the inertia curve",
             }
-    return plain(out)
+    summary: dict[str, Any] = plain(out)
+    return summary

@@ -3,13 +3,14 @@ renews; every change of state is a conditional update, so a job runs once and fi
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 import psutil
 from sqlalchemy import ColumnElement, Connection, Engine, false, func, or_, select, update
@@ -153,6 +154,10 @@ class Recovered:
     status: str
 
 
+@overload
+def _utc(moment: datetime) -> datetime: ...
+@overload
+def _utc(moment: datetime | None) -> datetime | None: ...
 def _utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
@@ -171,7 +176,7 @@ def _record(row: JobRow) -> JobRecord:
         request=row.request,
         result=row.result,
         error=row.error,
-        created_at=_utc(row.created_at),  # type: ignore[arg-type]
+        created_at=_utc(row.created_at),
         started_at=_utc(row.started_at),
         finished_at=_utc(row.finished_at),
         owner=row.owner,
@@ -224,7 +229,8 @@ class JobStore:
         return self._now() + timedelta(seconds=seconds)
 
     def _expired(self) -> ColumnElement[bool]:
-        return JobRow.lease_expires_at < self._now()
+        expired: ColumnElement[bool] = JobRow.lease_expires_at < self._now()
+        return expired
 
     # -- reads ---------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
@@ -367,7 +373,9 @@ class JobStore:
         with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
             complete_job_in(session, claim, result)
 
-    def heartbeat(self, owner: str, job_ids: list[str], lease_seconds: float) -> dict[str, bool]:
+    def heartbeat(
+        self, owner: str, job_ids: builtins.list[str], lease_seconds: float
+    ) -> dict[str, bool]:
         """Renew ``owner``'s lease on its unfinished ``job_ids``: each one it still holds,
         with whether a cancellation was asked for. A job missing from the answer is no longer
         this owner's (it finished, or another replica took it over after the lease lapsed)."""
@@ -418,7 +426,7 @@ class JobStore:
 
     def _locked(
         self, session: Session, *conditions: ColumnElement[bool], limit: int
-    ) -> list[JobRow]:
+    ) -> builtins.list[JobRow]:
         query = select(JobRow).where(*conditions).order_by(JobRow.created_at).limit(limit)
         if self._database_clock:
             # Rows another replica is claiming or recovering right now are skipped, not waited
@@ -426,7 +434,7 @@ class JobStore:
             query = query.with_for_update(skip_locked=True)
         return list(session.scalars(query))
 
-    def recover_expired(self, *, max_attempts: int, limit: int = 100) -> list[Recovered]:
+    def recover_expired(self, *, max_attempts: int, limit: int = 100) -> builtins.list[Recovered]:
         """Jobs whose owner stopped renewing its lease: re-queued for any replica to claim,
         or ended when they cannot run again (cancelled, not retryable, out of attempts, rows
         not saved). Touches no job a live owner holds."""
@@ -456,7 +464,10 @@ class JobStore:
 
     @staticmethod
     def _after_owner_lost(row: JobRow, max_attempts: int) -> tuple[str, dict[str, Any] | None]:
-        where = f"its replica ({parse_owner(row.owner)['host']}) stopped renewing its lease"  # type: ignore[index]
+        # Only owned rows are recovered (the query asks for an owner): "unknown" never shows.
+        owner = parse_owner(row.owner)
+        host = owner["host"] if owner is not None else "unknown"
+        where = f"its replica ({host}) stopped renewing its lease"
         if row.cancel_requested:
             return CANCELLED, {
                 "code": "job_cancelled",
@@ -474,7 +485,7 @@ class JobStore:
             return FAILED, interrupted(f"interrupted: {where}, and its rows were not kept")
         return QUEUED, None
 
-    def claim(self, owner: str, *, lease_seconds: float, limit: int) -> list[JobRecord]:
+    def claim(self, owner: str, *, lease_seconds: float, limit: int) -> builtins.list[JobRecord]:
         """Up to ``limit`` queued jobs nobody owns, now ``owner``'s (oldest first)."""
         if limit <= 0:
             return []

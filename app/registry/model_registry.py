@@ -6,7 +6,8 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -53,7 +54,7 @@ MAX_OFFSET = 2**63 - 1
 def _lost_allocation_race(exc: IntegrityError) -> bool:
     """True for a unique violation (another training took the name or the number first); any
     other integrity error is bad data, and retrying it would only hide the cause."""
-    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg
+    sqlstate: str | None = getattr(exc.orig, "sqlstate", None)  # psycopg
     if sqlstate is not None:
         return sqlstate == "23505"  # unique_violation
     return getattr(exc.orig, "sqlite_errorcode", None) in (
@@ -79,6 +80,7 @@ class ModelRegistry:
         allow_version_drift: bool = False,
         resolution_max_age_seconds: float = 0.0,
         notifications: Notifications | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -87,6 +89,7 @@ class ModelRegistry:
             RegistryStamp(store.stamp_path),
             max_age_seconds=resolution_max_age_seconds,
             refresh=self._refresh_soon,
+            clock=clock,
         )
         # Replicas on other hosts see no stamp file of ours: they hear of every write by a
         # notice sent in its transaction (PostgreSQL), and forget their resolutions.
@@ -454,7 +457,9 @@ class ModelRegistry:
         return records
 
     def _forget(self, record: ModelVersion) -> None:
-        self.cache.evict(lambda key: key[:2] == (record.name, record.version))
+        self.cache.evict(
+            lambda key: isinstance(key, tuple) and key[:2] == (record.name, record.version)
+        )
         self.store.delete(record.artifact_path)
 
     # -- artifacts -----------------------------------------------------------------------------

@@ -329,9 +329,10 @@ class RemoteFilesystem:
     def read(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            return self.fs.cat_file(path)
+            data: bytes = self.fs.cat_file(path)
         except IsADirectoryError:
             raise NotAFile(errno.EISDIR, "a folder", path) from None
+        return data
 
     def _parent(self, key: str) -> str:
         return key.rpartition("/")[0]

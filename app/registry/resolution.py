@@ -122,6 +122,7 @@ class ResolutionCache:
         max_age_seconds: float,
         size: int = 4096,
         refresh: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stamp = stamp
         self.max_age = max_age_seconds
@@ -129,6 +130,8 @@ class ResolutionCache:
         # Called (under no lock) with a key due for renewal; it must not block, and must call
         # ``refreshed`` when done, whatever the outcome.
         self.refresh = refresh
+        # What ages are reckoned by (tests give a clock they move by hand).
+        self.clock = clock
         self._entries: OrderedDict[tuple[str, str], tuple[ModelVersion, float]] = OrderedDict()
         self._refreshing: set[tuple[str, str]] = set()
         self._seen: Stamp = None
@@ -152,20 +155,21 @@ class ResolutionCache:
             if entry is None:
                 return None
             version, stored = entry
-            age = time.monotonic() - stored
+            age = self.clock() - stored
             if age > self.max_age:
                 del self._entries[(name, ref)]
                 self._refreshing.discard((name, ref))
                 return None
-            renew = (
-                age > self.max_age * REFRESH_AFTER
-                and self.refresh is not None
-                and (name, ref) not in self._refreshing
+            # The renewal to ask for, if any: this read is past half the age and none runs.
+            refresh = (
+                self.refresh
+                if age > self.max_age * REFRESH_AFTER and (name, ref) not in self._refreshing
+                else None
             )
-            if renew:
+            if refresh is not None:
                 self._refreshing.add((name, ref))
-        if renew:
-            self.refresh(name, ref)  # type: ignore[misc]
+        if refresh is not None:
+            refresh(name, ref)
         return version
 
     def refreshed(self, name: str, ref: str, *, gone: bool = False, failed: bool = False) -> None:
@@ -194,7 +198,7 @@ class ResolutionCache:
             if stamp != self._seen:
                 self._entries.clear()
                 self._seen = stamp
-            self._entries[(name, ref)] = (version, time.monotonic())
+            self._entries[(name, ref)] = (version, self.clock())
             self._refreshing.discard((name, ref))
             if len(self._entries) > self.size:
                 self._entries.popitem(last=False)

@@ -346,10 +346,14 @@ def test_a_queued_job_can_be_cancelled_before_it_starts(app_with):
     client, settings = app_with(max_concurrent_jobs=1)
     running = job_id_of(client.post("/v1/models", json=slow_training(wait=False)))
     running_worker(client, running)
+    [first_worker] = worker_pids()
     queued = job_id_of(client.post("/v1/models", json=training_body(name="next", wait=False)))
-    time.sleep(0.3)  # the one worker slot is taken: it stays queued
+    # The one worker slot is taken: the job waits for it (its supervisor polls for a slot),
+    # and no second worker is started meanwhile.
+    assert client.app.state.runner.handle(queued) is not None
     job = client.get(f"/v1/jobs/{queued}").json()
     assert (job["status"], job["started_at"]) == ("queued", None)
+    assert worker_pids() == [first_worker]
 
     cancelled = client.delete(f"/v1/jobs/{queued}")
     assert cancelled.status_code == 200, cancelled.text

@@ -88,7 +88,7 @@ def test_changed_artifact_is_refused(registry, engine, store_root, trained):
 def test_substituted_pickle_is_never_unpickled(registry, engine, store_root, trained, tmp_path):
     # The payload works: unpickling it creates its marker file.
     control = tmp_path / "control-marker"
-    joblib.load(io.BytesIO(malicious_pickle(control)))
+    joblib.load(io.BytesIO(malicious_pickle(control))).close()  # the file it opened
     assert control.exists()
 
     version = registry.register("line-7", trained().new, trained().model)

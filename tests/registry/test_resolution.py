@@ -15,9 +15,28 @@ from app.registry.model_registry import ModelRegistry
 from app.registry.resolution import RegistryStamp
 
 
-def caching(engine: sa.Engine, store_root, max_age: float = 60.0) -> ModelRegistry:
+class Clock:
+    """The resolutions' clock, moved by hand: ages pass without waiting for them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def caching(
+    engine: sa.Engine, store_root, max_age: float = 60.0, clock: Clock | None = None
+) -> ModelRegistry:
     return ModelRegistry(
-        engine, ArtifactStore(store_root), ModelCache(0), resolution_max_age_seconds=max_age
+        engine,
+        ArtifactStore(store_root),
+        ModelCache(0),
+        resolution_max_age_seconds=max_age,
+        clock=clock or Clock(),
     )
 
 
@@ -75,11 +94,12 @@ def test_another_process_sharing_the_store_sees_a_delete_at_once(
 
 
 def test_resolutions_expire(engine, store_root, trained) -> None:
-    registry = caching(engine, store_root, max_age=0.05)
+    clock = Clock()
+    registry = caching(engine, store_root, max_age=0.05, clock=clock)
     registry.register("m", trained().new, trained().model)
     registry.get_version("m", "latest")
     assert registry.resolved("m", "latest") is not None
-    time.sleep(0.1)
+    clock.advance(0.06)
     assert registry.resolved("m", "latest") is None
 
 
@@ -129,27 +149,29 @@ def wait_for_renewal(registry: ModelRegistry, name: str, ref: str) -> None:
 
 
 def test_a_resolution_in_use_is_renewed_before_it_expires(engine, store_root, trained) -> None:
-    registry = caching(engine, store_root, max_age=1.0)
+    clock = Clock()
+    registry = caching(engine, store_root, max_age=1.0, clock=clock)
     registry.register("m", trained().new, trained().model)
     first = registry.get_version("m", "latest")
     seen = queries(engine)
-    time.sleep(0.55)  # past half the age: this read asks for a renewal and is still answered
+    clock.advance(0.55)  # past half the age: this read asks for a renewal and is still answered
     assert registry.resolved("m", "latest") == first
     wait_for_renewal(registry, "m", "latest")
     assert seen, "the renewal queried the database"
-    time.sleep(0.6)  # 1.15 s after the lookup, 0.6 s after the renewal
+    clock.advance(0.6)  # 1.15 s after the lookup, 0.6 s after the renewal
     assert registry.resolved("m", "latest") == first
     registry.close()
 
 
 def test_one_renewal_at_a_time_per_resolution(engine, store_root, trained, monkeypatch) -> None:
-    registry = caching(engine, store_root, max_age=1.0)
+    clock = Clock()
+    registry = caching(engine, store_root, max_age=1.0, clock=clock)
     registry.register("m", trained().new, trained().model)
     registry.get_version("m", "latest")
     asked: list[tuple[str, str]] = []
     monkeypatch.setattr(registry, "_refresh_soon", lambda *key: asked.append(key))
     registry.resolutions.refresh = registry._refresh_soon
-    time.sleep(0.55)
+    clock.advance(0.55)
     for _ in range(20):
         assert registry.resolved("m", "latest") is not None
     assert asked == [("m", "latest")]
@@ -163,12 +185,13 @@ def test_a_renewal_drops_a_version_deleted_where_the_stamp_is_not_seen(
 ) -> None:
     # Another host deleted the version: its stamp bump is not visible here (another store
     # mount), only the database says so.
-    registry = caching(engine, store_root, max_age=1.0)
+    clock = Clock()
+    registry = caching(engine, store_root, max_age=1.0, clock=clock)
     registry.register("m", trained().new, trained().model)
     registry.get_version("m", "1")
     with engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM model_versions"))
-    time.sleep(0.55)
+    clock.advance(0.55)
     assert registry.resolved("m", "1") is not None  # still within its age
     wait_for_renewal(registry, "m", "1")
     assert registry.resolved("m", "1") is None
@@ -178,7 +201,8 @@ def test_a_renewal_drops_a_version_deleted_where_the_stamp_is_not_seen(
 def test_a_failed_renewal_leaves_the_entry_to_expire(
     engine, store_root, trained, monkeypatch, caplog
 ) -> None:
-    registry = caching(engine, store_root, max_age=1.0)
+    clock = Clock()
+    registry = caching(engine, store_root, max_age=1.0, clock=clock)
     registry.register("m", trained().new, trained().model)
     first = registry.get_version("m", "latest")
 
@@ -187,7 +211,7 @@ def test_a_failed_renewal_leaves_the_entry_to_expire(
 
     tries: list[object] = []
     monkeypatch.setattr(registry, "get_version", lambda *a: tries.append(a) or database_away())
-    time.sleep(0.55)
+    clock.advance(0.55)
     assert registry.resolved("m", "latest") == first
     deadline = time.monotonic() + 5
     while "renewing the resolution of m/latest failed" not in caplog.text:
@@ -195,13 +219,13 @@ def test_a_failed_renewal_leaves_the_entry_to_expire(
         time.sleep(0.005)
     for _ in range(10):  # served until its age runs out, with no second try meanwhile
         assert registry.resolved("m", "latest") == first
-    time.sleep(0.5)
+    clock.advance(0.5)
     assert registry.resolved("m", "latest") is None
     assert len(tries) == 1
     monkeypatch.undo()
     assert registry.get_version("m", "latest") == first  # the database is back
     seen = queries(engine)
-    time.sleep(0.55)
+    clock.advance(0.55)
     registry.resolved("m", "latest")
     wait_for_renewal(registry, "m", "latest")
     assert seen, "renewals resume"
