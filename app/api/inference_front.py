@@ -84,21 +84,8 @@ class InferenceFront:
         if not declared.isdigit() or int(declared) > limit:
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break  # a disconnect: the stack handles it
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit or not message.get("more_body", False):
-                break
-        if messages[-1]["type"] == "http.request" and size <= limit:
-            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        messages, raw = await _read_body(receive, limit)
+        if raw is not None:
             value = request_id_from(headers.get(REQUEST_ID_HEADER))
             # Set across the answer's sending too: the server's access line is written then.
             token = request_id.set(value)
@@ -180,6 +167,26 @@ def _has_read_key(ring: Any, header: bytes | None) -> bool:
     token = presented_key(header.decode("latin-1")) if header else None
     key = ring.authenticate(token) if token else None
     return key is not None and "read" in key.scopes
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
+    """The messages read, and the whole body, or None when it is over ``limit`` or the client
+    disconnected (the stack then answers, from the messages replayed)."""
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None  # a disconnect: the stack handles it
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return messages, None
+        if not message.get("more_body", False):
+            return messages, chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

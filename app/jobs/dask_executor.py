@@ -123,16 +123,9 @@ class DaskExecution:
         with self._lock:
             if self._closed or not self._pending:
                 return []
-        done: list[Future] = []
-        try:
-            done.append(self._finished.get(timeout=max(timeout, 0)))
-        except queue.Empty:
+        done = self._finished_since(timeout)
+        if not done:
             return []
-        while True:
-            try:
-                done.append(self._finished.get_nowait())
-            except queue.Empty:
-                break
         indexed: list[tuple[int, Future]] = []
         with self._lock:
             if self._closed:
@@ -164,6 +157,19 @@ class DaskExecution:
             # traceback still holds these futures.
             for _, future in indexed:
                 future.release()
+
+    def _finished_since(self, timeout: float) -> list[Future]:
+        """The futures whose callbacks told of their end since the last call, waiting up to
+        ``timeout`` seconds for the first."""
+        try:
+            done = [self._finished.get(timeout=max(timeout, 0))]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                done.append(self._finished.get_nowait())
+            except queue.Empty:
+                return done
 
     def close(self) -> None:
         """Cancel every task not finished yet (even those running) and release the scattered

@@ -153,12 +153,10 @@ def elbow(ks: list[float], inertias: list[float]) -> float | None:
     return float(np.asarray(ks, dtype=float)[order][int(np.argmax(distances))])
 
 
-def summarize(
-    algorithm: Algorithm, candidates: list[dict[str, Any]], varying: list[str]
+def _best_by_criterion(
+    criteria: dict[str, str], candidates: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The best candidate under each criterion, and for k-means the elbow of the inertia
-    curve (over the number of clusters, the other grid values fixed at the best silhouette's)."""
-    criteria = CRITERIA[algorithm.name]
+    """Per criterion to minimise or maximise, the best candidate (the elbow is not one)."""
     best: dict[str, Any] = {}
     for criterion, direction in criteria.items():
         scored = [c for c in candidates if c["metrics"].get(criterion) is not None]
@@ -171,23 +169,42 @@ def summarize(
             "params": chosen["params"],
             "value": chosen["metrics"][criterion],
         }
+    return best
+
+
+def _elbow_of(
+    key: str, varying: list[str], anchor: dict[str, Any], candidates: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The candidate at the elbow of the inertia curve over ``key`` (the other grid values
+    fixed at ``anchor``'s), or None when the curve has none."""
+    others = [v for v in varying if v != key]
+    curve = [
+        c
+        for c in candidates
+        if all(c["params"].get(o) == anchor.get(o) for o in others)
+        and c["metrics"].get("inertia") is not None
+    ]
+    k_at_elbow = elbow([c["params"][key] for c in curve], [c["metrics"]["inertia"] for c in curve])
+    if k_at_elbow is None:
+        return None
+    chosen: dict[str, Any] = next(c for c in curve if c["params"][key] == k_at_elbow)
+    return chosen
+
+
+def summarize(
+    algorithm: Algorithm, candidates: list[dict[str, Any]], varying: list[str]
+) -> dict[str, Any]:
+    """The best candidate under each criterion, and for k-means the elbow of the inertia
+    curve (over the number of clusters, the other grid values fixed at the best silhouette's)."""
+    criteria = CRITERIA[algorithm.name]
+    best = _best_by_criterion(criteria, candidates)
     out: dict[str, Any] = {"best": best, "criteria": criteria}
-    if "inertia" in criteria and algorithm.n_clusters_param in varying:
-        key = algorithm.n_clusters_param
-        others = [v for v in varying if v != key]
+    key = algorithm.n_clusters_param
+    if "inertia" in criteria and key is not None and key in varying:
         anchor = best.get("silhouette", {}).get("params", candidates[0]["params"])
-        curve = [
-            c
-            for c in candidates
-            if all(c["params"].get(o) == anchor.get(o) for o in others)
-            and c["metrics"].get("inertia") is not None
-        ]
-        k_at_elbow = elbow(
-            [c["params"][key] for c in curve], [c["metrics"]["inertia"] for c in curve]
-        )
-        if k_at_elbow is not None:
-            chosen = next(c for c in curve if c["params"][key] == k_at_elbow)
-            out["elbow"] = {key: int(k_at_elbow), "index": chosen["index"]}
+        chosen = _elbow_of(key, varying, anchor, candidates)
+        if chosen is not None:
+            out["elbow"] = {key: int(chosen["params"][key]), "index": chosen["index"]}
             best["inertia"] = {
                 "index": chosen["index"],
                 "params": chosen["params"],
