@@ -92,7 +92,8 @@ class RequestSeries(Collector):
             )
         yield requests
         for (route, method), merged in by_route.items():
-            cumulative, running = [], 0
+            cumulative: list[tuple[str, float]] = []
+            running: float = 0
             for bound, count in zip(self.bounds, merged[:-1], strict=True):
                 running += count
                 cumulative.append((floatToGoString(bound), running))

@@ -61,7 +61,7 @@ def _invalid(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> Reque
     )
 
 
-def _validate_json(model: type[BaseModel], raw: bytes | str) -> BaseModel:
+def _validate_json(model: type[M], raw: bytes | bytearray | str) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -133,7 +133,7 @@ def _count_byte(data: bytes | bytearray, value: int, chunk: int = 1 << 20) -> in
     )
 
 
-def _fast(model: type[M], raw: bytes) -> ParsedBody[M] | None:
+def _fast(model: type[M], raw: bytes | bytearray) -> ParsedBody[M] | None:
     """The body with its rows as a float64 matrix, when it is certainly valid; else None."""
     if len(raw) >= BUFFER_PARSE_MIN_BYTES and (X := _rows_by_buffer(raw)) is not None:
         try:
@@ -238,7 +238,7 @@ def _other_fields(model: type[M], fields: dict[str, msgspec.Raw]) -> M:
     return model.model_validate_json(b"{" + members + b', "instances": []}')
 
 
-def _binary(request: Request, model: type[M], raw: bytes) -> ParsedBody[M]:
+def _binary(request: Request, model: type[M], raw: bytes | bytearray) -> ParsedBody[M]:
     """Rows from the ``.npy`` body; the other fields from the ``Lloyd-Request`` header (for a
     training, every field but ``data``)."""
     fields = request_fields(request.headers.get(REQUEST_HEADER))

@@ -56,8 +56,8 @@ def model_out(model: ModelSummary) -> ModelOut:
 def job_out(job: JobRecord) -> JobOut:
     return JobOut(
         id=job.id,
-        kind=job.kind,  # type: ignore[arg-type]
-        status=job.status,  # type: ignore[arg-type]
+        kind=job.kind,
+        status=job.status,
         model_name=job.model_name,
         algorithm=job.algorithm,
         progress=ProgressOut(done=job.progress_done, total=job.progress_total),

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import presented_key
@@ -47,7 +48,7 @@ class FrontOperation:
     """An operation the front may serve: its body model and its routes' templates (the
     metrics' labels)."""
 
-    body_model: type
+    body_model: type[BaseModel]
     latest_template: str
     version_template: str
 
@@ -64,8 +65,7 @@ class InferenceFront:
             await self.app(scope, receive, send)
             return
         matched = _PATH.match(scope["path"])
-        operation = self.operations.get(matched.group(3)) if matched else None
-        if operation is None:
+        if matched is None or (operation := self.operations.get(matched.group(3))) is None:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, which
 # refer to this factory's arguments.
-from typing import Any
+from typing import Any, TypedDict
 
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
@@ -68,6 +68,15 @@ LLOYD_REQUEST_HEADER = {
     'object (e.g. `{"contamination": 0.05}`).',
     "schema": {"type": "string"},
 }
+
+
+class _RouteOptions(TypedDict):
+    """The ``add_api_route`` arguments both of an operation's documented routes share."""
+
+    methods: list[str]
+    response_model: type
+    responses: dict[int | str, dict[str, Any]]
+    description: str
 
 
 class ServedRoute(Route):
@@ -174,7 +183,7 @@ def add_operation(
     if takes_rows:
         FRONT_OPERATIONS[operation] = FrontOperation(body_model, latest_path, version_path)
 
-    common = {
+    common: _RouteOptions = {
         "methods": ["POST"],
         "response_model": response_model,
         "responses": {200: _ok_response(), **AUTH_ERRORS, **OPERATION_ERRORS},

@@ -131,8 +131,9 @@ def _document_problems(app: FastAPI) -> None:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(LloydError, lloyd_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    # Starlette types a handler as taking any Exception, not the class it is registered for.
+    app.add_exception_handler(LloydError, lloyd_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected_error)
     _document_problems(app)

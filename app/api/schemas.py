@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic.config import JsonValue
 
 from app.ml.anomaly import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
 
@@ -26,7 +27,8 @@ Record = dict[str, Number]
 # Strict: JSON `true` or "0.1" is not a contamination (lax mode would take them as 1.0 and 0.1).
 Contamination = Annotated[float, Strict(), Field(ge=0.0, le=MAX_CONTAMINATION)]
 
-EXAMPLE_INSTANCES = [[0.1, 2.3], [0.2, 2.1], [5.1, 0.3]]
+# JsonValue: the type json_schema_extra takes (list is invariant, list[list[float]] is not one).
+EXAMPLE_INSTANCES: list[JsonValue] = [[0.1, 2.3], [0.2, 2.1], [5.1, 0.3]]
 
 
 class Strict_(BaseModel):
@@ -434,7 +436,7 @@ class RegisterBest(Strict_):
     tags: Tags = Field(default_factory=dict, max_length=50)
 
 
-SELECTION_EXAMPLE_ROWS = [
+SELECTION_EXAMPLE_ROWS: list[JsonValue] = [
     [0.1, 2.3], [0.2, 2.1], [0.15, 2.2], [0.12, 2.25], [0.18, 2.32], [0.09, 2.18],
     [5.1, 0.3], [5.0, 0.4], [5.2, 0.35], [5.05, 0.32], [4.95, 0.28], [5.12, 0.41],
 ]  # fmt: skip

@@ -21,7 +21,7 @@ def fit_errors(algorithm: str) -> Iterator[None]:
     try:
         yield
     except HyperparameterError as exc:
-        where = ["body", "params", exc.parameter]
+        where: list[str | int] = ["body", "params", exc.parameter]
         if exc.parameter.startswith(("preprocessing", "grid")):
             where = ["body", *exc.parameter.split(".")]
         raise InvalidParameter(exc.message, at=where) from exc

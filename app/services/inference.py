@@ -96,6 +96,11 @@ def _finite(value: Any) -> bool:
 
 
 def _compute(model: FittedModel, operation: str, X: np.ndarray | None, body: Any) -> dict[str, Any]:
+    if operation == "sample":
+        instances, components = model.sample(body.n_samples, body.random_state)
+        return {"instances": instances, "components": components}
+    if X is None:  # every other operation has rows (see perform)
+        raise ValueError(f"{operation!r} takes rows")
     if operation == "predict":
         return {"labels": model.predict(X)}
     if operation == "predict_proba":
@@ -109,9 +114,6 @@ def _compute(model: FittedModel, operation: str, X: np.ndarray | None, body: Any
         return {"score": model.score(X), "n_samples": len(X)}
     if operation == "anomalies":
         return _anomalies(model, X, body)
-    if operation == "sample":
-        instances, components = model.sample(body.n_samples, body.random_state)
-        return {"instances": instances, "components": components}
     if operation in ("bic", "aic"):
         value = model.bic(X) if operation == "bic" else model.aic(X)
         return {operation: value, "n_samples": len(X)}

@@ -130,7 +130,7 @@ def _check_candidate(
         bad = exc.errors[0]["loc"][-1] if exc.errors else "grid"
         raise InvalidParameter(exc.detail, at=["body", "grid", bad]) from exc
     k = candidate.params.get(algorithm.n_clusters_param or "")
-    if isinstance(k, int) and k > n_rows:
+    if isinstance(k, int) and k > n_rows and algorithm.n_clusters_param is not None:
         raise InvalidParameter(
             f"{algorithm.n_clusters_param}={k} is more than the {n_rows} rows",
             at=["body", "grid", algorithm.n_clusters_param],

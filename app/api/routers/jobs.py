@@ -1,6 +1,6 @@
 """Jobs router: follow, list and cancel trainings and model selections."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -19,7 +19,9 @@ JobId = Annotated[
         examples=["3f0c2b1e-7a4d-4c55-9a51-0d6f2f1f4b2a"],
     ),
 ]
-NOT_FOUND = {404: {"model": Problem, "description": "No such job."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such job."}
+}
 
 
 @router.get("", response_model=JobPage)

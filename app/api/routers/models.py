@@ -1,6 +1,6 @@
 """Models router: list, inspect and delete models and versions; aliases; fitted parameters."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +23,9 @@ from app.api.schemas import (
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-NOT_FOUND = {404: {"model": Problem, "description": "No such model, version or alias."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such model, version or alias."}
+}
 Offset = Annotated[int, Query(ge=0, description="Items to skip.")]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 AliasPath = Annotated[

@@ -1,5 +1,7 @@
 """Training router: create model versions, and model selection over a grid."""
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -26,14 +28,14 @@ from app.services.job_service import JobService
 
 router = APIRouter(prefix="/v1", tags=["training"])
 
-ACCEPTED = {
+ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {
         "model": JobOut,
         "description": "Still running (`wait: false`, or longer than LLOYD_SYNC_TIMEOUT_SECONDS): "
         "the job; poll its `Location`.",
     }
 }
-TRAINING_ERRORS = {
+TRAINING_ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": Problem, "description": "The job was cancelled while the client waited."},
     413: {"model": Problem, "description": "Too many rows x features, or body too large."},
     422: {"model": Problem, "description": "Invalid data, algorithm or hyperparameter."},
@@ -41,7 +43,9 @@ TRAINING_ERRORS = {
 }
 
 
-UNSUPPORTED_MEDIA_TYPE = {415: {"model": Problem, "description": "A body neither JSON nor `.npy`."}}
+UNSUPPORTED_MEDIA_TYPE: dict[int | str, dict[str, Any]] = {
+    415: {"model": Problem, "description": "A body neither JSON nor `.npy`."}
+}
 
 
 def accepted(job: JobRecord) -> Response:
