@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.jobs.runner import JobRunner
 from app.observability import ServiceMetrics
 from app.registry.job_store import JobStore
 from app.registry.model_registry import ModelRegistry
@@ -32,10 +31,6 @@ async def get_jobs(request: Request) -> JobStore:
     return request.app.state.jobs
 
 
-async def get_runner(request: Request) -> JobRunner:
-    return request.app.state.runner
-
-
 async def get_job_service(request: Request) -> JobService:
     return request.app.state.job_service
 
@@ -44,7 +39,6 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
-RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 JobServiceDep = Annotated[JobService, Depends(get_job_service)]
 
 NamePath = Annotated[str, Path(description="The model's name.", examples=["line-7"])]
