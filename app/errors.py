@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
+
+Location = list[str | int]
 
 
 class LloydError(Exception):
@@ -29,6 +32,16 @@ class LloydError(Exception):
             errors = [{"loc": at, "msg": detail, "type": "value_error"}]
         self.errors = errors
         self.extra = extra or {}
+
+    def relocated(self, where: Callable[[Location], Location]) -> LloydError:
+        """This error, each of its locations translated by ``where``: a service locates a bad
+        value in its own input, a transport says where that value sits on its wire."""
+        if self.errors:
+            self.errors = [
+                {**error, "loc": where(list(error["loc"]))} if "loc" in error else error
+                for error in self.errors
+            ]
+        return self
 
 
 class InvalidInput(LloydError):

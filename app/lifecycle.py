@@ -21,6 +21,7 @@ from app.registry.job_store import JobStore, replica_id
 from app.registry.model_registry import ModelRegistry
 from app.registry.notifications import JOBS, Notifications
 from app.registry.store_identity import StoreMismatch, agree_on_store
+from app.services.inference import InferenceService
 from app.services.job_service import INPUTS_PREFIX, JobService
 from app.settings import Settings
 
@@ -37,6 +38,7 @@ class Services:
     executor: Executor
     runner: JobRunner
     job_service: JobService
+    inference: InferenceService
 
     def close(self) -> None:
         self.runner.shutdown()
@@ -106,7 +108,10 @@ def start_services(settings: Settings, cache: ModelCache, metrics: ServiceMetric
     # The first heartbeat takes over the jobs whose owner's lease lapsed (a replica that died,
     # this one included before its restart); jobs live replicas hold are never touched.
     runner.start()
-    return Services(engine, store, notifications, registry, jobs, executor, runner, job_service)
+    inference = InferenceService(registry, settings)
+    return Services(
+        engine, store, notifications, registry, jobs, executor, runner, job_service, inference
+    )
 
 
 def sweep(

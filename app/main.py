@@ -7,23 +7,24 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Scope, Send
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.types import ASGIApp
 from threadpoolctl import threadpool_limits
 
 import app as lloyd
-from app.api import operation_routes, problems
-from app.api.auth import AUTH_ERRORS, READ, WRITE, Authentication
-from app.api.body_limit import BodySizeLimit
-from app.api.inference_front import InferenceFront
-from app.api.request_id import RequestId
-from app.api.routers import algorithms, health, jobs, models, prediction, scoring, training
+from app.api import problems
+from app.api.auth import AUTH_ERRORS
+from app.api.edge import Edge
+from app.api.operation_routes import operation_routes
+from app.api.operations import OPERATIONS
+from app.api.routers import algorithms, health, jobs, models, training
 from app.lifecycle import start_services
 from app.logging_config import configure_logging
-from app.observability import MetricsMiddleware, ServiceMetrics
+from app.observability import ServiceMetrics
 from app.registry.cache import ModelCache
 from app.settings import Settings, get_settings
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = services.jobs
         app.state.runner = services.runner
         app.state.job_service = services.job_service
+        app.state.inference = services.inference
         _log_access_policy(settings)
         # BLAS pools are process-wide: this holds wherever the app was started from (python -m
         # app also sets the environment, which OpenMP needs, before anything is imported).
@@ -110,41 +112,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_ring = settings.key_ring
     app.state.metrics = metrics
     problems.install(app)
+    # The inference operations first, ahead of the documentation's own routes: routes are
+    # matched in order, and these are the hot ones.
+    app.router.routes[:0] = operation_routes(OPERATIONS)
     # Scopes: `read` lists, inspects and runs inference; `write` trains, deletes and runs jobs.
-    # The models router mixes both and declares them per route.
-    # Inference first: routes are matched in order, and these are the hot ones. They authorize
-    # by themselves (see app.api.operation_routes).
-    for router, needs in (
-        (prediction.router, []),
-        (scoring.router, []),
-        (training.router, [WRITE]),
-        (jobs.router, [WRITE]),
-        (algorithms.router, [READ]),
-        (models.router, []),
-    ):
-        app.include_router(router, dependencies=needs, responses=AUTH_ERRORS)
+    # Each router declares them (the models router, which mixes both, per route).
+    for router in (training.router, jobs.router, algorithms.router, models.router):
+        app.include_router(router, responses=AUTH_ERRORS)
     app.include_router(health.router)
-    operation_routes.install(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(Authentication, ring=settings.key_ring)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # Outermost: the id is set before anything else can log or refuse the request.
-    app.add_middleware(RequestId)
     return app
 
 
 class LloydApp(FastAPI):
-    """The FastAPI app with ``InferenceFront`` ahead of all of it: an inference request the
-    front can answer with a 200 does not pass through FastAPI's and Starlette's own layers
-    (error, telemetry and body-limit middleware) either; everything else is FastAPI's."""
+    """The FastAPI app with one layer ahead of its router: ``Edge`` (request ids, body limits,
+    metrics, the last-resort 500), then the exception handlers (every other error, answered as
+    a problem), then FastAPI's own exit stack (the files its request handling opens).
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.front = InferenceFront(super().__call__, operation_routes.FRONT_OPERATIONS)
+    FastAPI's default stack would add its own server-error, telemetry and body-limit layers
+    around these: each would be a second mechanism for a concern ``Edge`` holds, and a cost
+    every 1-row prediction pays."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope["app"] = self
-            await self.front(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+    def build_middleware_stack(self) -> ASGIApp:
+        handlers = {
+            key: handler
+            for key, handler in self.exception_handlers.items()
+            if key not in (500, Exception)
+        }
+        app: ASGIApp = AsyncExitStackMiddleware(self.router)
+        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        settings = self.state.settings
+        return Edge(app, metrics=self.state.metrics, max_body_bytes=settings.max_body_bytes)

@@ -17,7 +17,6 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.registry.cache import ModelCache
 
@@ -146,33 +145,3 @@ class ServiceMetrics:
     def record(self, template: str, method: str, status: int, seconds: float) -> None:
         """Counts and times one HTTP request by its route template."""
         self.requests.record(template, method, status, seconds)
-
-
-class MetricsMiddleware:
-    """Counts and times every request by its route template (never by raw path: bounded labels)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.record(
-                template, scope.get("method", ""), status, time.perf_counter() - started
-            )

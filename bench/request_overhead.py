@@ -5,9 +5,8 @@ Prints the median microseconds per request (medians over rounds of sequential re
 - the orjson floors of bench/throughput_floor.py (bare FastAPI and Starlette endpoints that parse
   the body and answer a constant);
 - the service's 1-row ``predict`` (KMeans(8)) and ``predict_proba`` (GaussianMixture(8, full)),
-  16 features, with an API key, metrics and the registry on: as served (``InferenceFront``
-  answers them), and through the full stack that answers whatever the front declines
-  (middlewares, router, the same service functions);
+  16 features, with an API key, metrics and the registry on, through the app's one path (its
+  edge layer, exception handlers, router and operation route);
 and the ratios to the FastAPI floor. Over HTTP (bench/throughput.py) each request also pays the
 server's own work, the same for every app. Run: .venv/bin/python bench/request_overhead.py
 """
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sklearn.datasets import make_blobs
 
@@ -103,9 +101,6 @@ def main() -> None:
     body = orjson.dumps({"instances": X[:1].tolist()})
     auth = {"Authorization": f"Bearer {key}"}
 
-    async def through_stack(scope_: Any, receive: Any, send: Any) -> None:
-        await FastAPI.__call__(app, scope_, receive, send)  # what the front hands requests to
-
     with TestClient(app) as client:
         for name, (algorithm, params) in MODELS.items():
             trained = client.post(
@@ -124,8 +119,6 @@ def main() -> None:
             ("floor Starlette", throughput_floor.starlette_app, "/predict"),
             ("service predict KMeans(8)", app, "/v1/models/km/predict"),
             ("service predict_proba GMM(8, full)", app, "/v1/models/gmm/predict_proba"),
-            ("  the same through the full stack", through_stack, "/v1/models/km/predict"),
-            ("  (mixture) through the full stack", through_stack, "/v1/models/gmm/predict_proba"),
         ]
         for _, target, path in cases:  # warm-up: resolutions cached, models loaded
             client.portal.call(per_request_us, target, path, body, key, 200)

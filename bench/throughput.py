@@ -496,7 +496,7 @@ def check_answers(http: httpx.Client, data: Data, results: Results) -> None:
         expected = {path: (call(one_row), call(data.big)) for path, _, call in cases}
     for path, field_name, _ in cases:
         single, batch = expected[path]
-        for _ in range(2):  # the first resolves the version through the stack; then the front
+        for _ in range(2):  # the first resolves the version (a query); the second, the cache
             response = post_json(http, path, data.one_row_json)
             if response.status_code != 200:
                 results.fail(f"{path} (JSON, 1 row)", response)

@@ -1,16 +1,22 @@
-"""Authentication: the dependencies that require an API key with the ``read`` or ``write`` scope.
+"""Authentication: what each route requires of the API key, declared once per route and checked
+once, by the route class every router uses (``GuardedRoute``).
 
-With no key configured every dependency lets the request through (the service is open, and
-says so at start-up). Routers declare what they need; nothing else in the code checks keys.
+With no key configured every route lets the request through (the service is open, and says so
+at start-up). Routes declare what they need (``READ``, ``WRITE``); a ``/v1`` route that declares
+nothing still needs a valid key.
 """
 
 from __future__ import annotations
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.types import ASGIApp, Receive, Scope, Send
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
-from app.api.responses import problem
+from fastapi import Depends, Request
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import Response
+
 from app.api.schemas import Problem
 from app.api_keys import ApiKey, KeyRing
 from app.errors import Forbidden, Unauthorized
@@ -43,71 +49,78 @@ def _authenticate(ring: KeyRing, header: str | None) -> ApiKey:
     return key
 
 
-def authorize(request: Request, scope: str | None) -> None:
-    """Nothing when keys are off, or the request carries a valid key holding ``scope`` (any
-    valid key when ``scope`` is None); else 401 without a (valid) key, 403 without the scope.
-    The one check of the service: dependencies below and the inference routes call it."""
-    key = request.scope.get("state", {}).get("api_key")  # set by Authentication
-    if key is None:
-        ring = request.app.state.key_ring
+@dataclass(frozen=True)
+class Requirement:
+    """What a route needs of the request's API key: ``scope`` (any valid key when None), and
+    only while the setting ``when`` is on, if one is named. A route declares it as a dependency
+    (``READ``, ``WRITE``, ``ANY_KEY``), which documents the Bearer scheme in OpenAPI;
+    ``GuardedRoute`` enforces it, before anything reads the body."""
+
+    scope: str | None
+    when: str | None = None
+
+    async def __call__(self, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        return None  # enforced by GuardedRoute, ahead of the body and the dependencies
+
+    def check(self, request: Request) -> None:
+        """Nothing when keys are off (or the setting ``when`` is), or the request carries a
+        valid key holding the scope; else 401 without a (valid) key, 403 without the scope."""
+        state = request.app.state
+        if self.when is not None and not getattr(state.settings, self.when):
+            return
+        ring: KeyRing = state.key_ring
         if not ring:
             return
-        key = _authenticate(ring, request.headers.get("authorization"))
-    if scope is not None and scope not in key.scopes:
-        raise Forbidden(
-            f"the API key {key.key_id} lacks the {scope!r} scope this endpoint needs",
-            extra={"required_scope": scope, "key_scopes": sorted(key.scopes)},
-        )
+        header = next((v for k, v in request.scope["headers"] if k == b"authorization"), None)
+        key = _authenticate(ring, header.decode("latin-1") if header is not None else None)
+        if self.scope is not None and self.scope not in key.scopes:
+            raise Forbidden(
+                f"the API key {key.key_id} lacks the {self.scope!r} scope this endpoint needs",
+                extra={"required_scope": self.scope, "key_scopes": sorted(key.scopes)},
+            )
 
 
-def require(scope: str):
-    """A dependency running ``authorize(request, scope)``. Async, so that it costs no hop to
-    the thread pool; ``bearer`` only documents the scheme in OpenAPI."""
-
-    async def check(
-        request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)
-    ) -> None:
-        authorize(request, scope)
-
-    check.__name__ = f"require_{scope}"
-    return check
+READ = Depends(Requirement("read"))
+WRITE = Depends(Requirement("write"))
+# /metrics: any valid key, when LLOYD_METRICS_REQUIRE_KEY is on.
+ANY_KEY = Depends(Requirement(None, when="metrics_require_key"))
+# What a /v1 route that declares no scope needs: a valid key.
+A_VALID_KEY = Requirement(None)
 
 
-async def require_any_key(
-    request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)
-) -> None:
-    """Any valid key, whatever its scopes (``/metrics`` when LLOYD_METRICS_REQUIRE_KEY is on)."""
-    if request.app.state.settings.metrics_require_key:
-        authorize(request, None)
+def requirement_of(route: APIRoute) -> Requirement | None:
+    """The requirement a route declares (the last one, when a router adds its own), or
+    ``A_VALID_KEY`` for a /v1 route that declares none; None for an open route."""
+    declared = [d.dependency for d in route.dependencies if isinstance(d.dependency, Requirement)]
+    if declared:
+        return declared[-1]
+    return A_VALID_KEY if route.path.startswith("/v1/") else None
 
 
-READ = Depends(require("read"))
-WRITE = Depends(require("write"))
-ANY_KEY = Depends(require_any_key)
+class GuardedRoute(APIRoute):
+    """The route class of every router: checks the route's ``Requirement`` first, so that a
+    stranger's request is never parsed, whatever it holds, and no 404 tells it which names
+    exist. The one place the service checks keys. Subclasses serve by ``serve_handler``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        serve = self.serve_handler()
+        requirement = requirement_of(self)
+        if requirement is None:
+            return serve
+
+        async def guarded(request: Request) -> Response:
+            requirement.check(request)
+            return await serve(request)
+
+        return guarded
+
+    def serve_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """What answers the request once it may be answered: FastAPI's own handler (body,
+        dependencies, the endpoint, its response model)."""
+        return super().get_route_handler()
+
 
 AUTH_ERRORS: dict[int | str, dict] = {
     401: {"model": Problem, "description": "No API key, or not a valid one (keys configured)."},
     403: {"model": Problem, "description": "The API key lacks the scope this endpoint needs."},
 }
-
-
-class Authentication:
-    """Refuses a ``/v1`` request without a valid key (401) before anything reads its body:
-    a stranger's request is never parsed, whatever it holds. Scopes are checked later, by the
-    routes (``require``, ``authorize``), which find the key here."""
-
-    def __init__(self, app: ASGIApp, ring: KeyRing) -> None:
-        self.app = app
-        self.ring = ring
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.ring and scope["path"].startswith("/v1/"):
-            header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-            try:
-                key = _authenticate(self.ring, header.decode("latin-1") if header else None)
-            except Unauthorized as exc:
-                refusal = problem(exc.status, exc.code, exc.title, exc.detail, headers=exc.headers)
-                await refusal(scope, receive, send)
-                return
-            scope.setdefault("state", {})["api_key"] = key
-        await self.app(scope, receive, send)

@@ -30,18 +30,6 @@ HEADER_LIMIT = 1 << 20
 REQUEST_HEADER = "lloyd-request"
 RESPONSE_HEADER = "Lloyd-Response"
 
-# The per-row results of each operation, in the order of a structured array's fields.
-ROW_FIELDS: dict[str, tuple[str, ...]] = {
-    "predict": ("labels",),
-    "predict_proba": ("probabilities",),
-    "transform": ("distances",),
-    "score_samples": ("scores",),
-    "score": ("score",),
-    "anomalies": ("anomaly_scores", "is_anomaly", "percentiles"),
-    "sample": ("instances", "components"),
-    "bic": ("bic",),
-    "aic": ("aic",),
-}
 _READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
@@ -154,13 +142,14 @@ def npy_bytes(array: np.ndarray) -> memoryview:
     return memoryview(buffer)
 
 
-def npy_response(operation: str, answer: dict[str, Any]) -> Response:
-    """The answer as ``.npy`` (per-row results) plus the ``Lloyd-Response`` header (the rest)."""
+def npy_response(row_fields: tuple[str, ...], answer: dict[str, Any]) -> Response:
+    """The answer's per-row results (``row_fields``) as ``.npy``, plus the ``Lloyd-Response``
+    header (the rest)."""
     if "contributions" in answer:
         raise NotAcceptable(
             "explanations are sent as JSON only: ask for application/json, or leave out 'explain'"
         )
-    names = [name for name in ROW_FIELDS[operation] if name in answer]
+    names = [name for name in row_fields if name in answer]
     arrays = [np.asarray(answer[name]) for name in names]
     if len(arrays) == 1:
         body = arrays[0]

@@ -30,6 +30,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from app.api.binary import NPY_MEDIA_TYPE, REQUEST_HEADER, read_npy, request_fields
 from app.errors import InvalidInput, LloydError, UnsupportedMediaType
@@ -167,22 +168,35 @@ def _fast(model: type[M], raw: bytes | bytearray) -> ParsedBody[M] | None:
 
 
 async def read_body(request: Request) -> bytes | bytearray:
-    """The whole body, in one buffer allocated once from its ``Content-Length`` (the chunks
-    are copied in as they come), rather than a list of chunks joined at the end: a large
-    body is then held once, not twice. Without a length, Starlette's own reading."""
+    """The whole body. A body that comes in one message (every small one) is that message's
+    bytes, as they are; a longer one is copied, chunk by chunk, into one buffer allocated once
+    from its ``Content-Length``, rather than a list of chunks joined at the end: a large body is
+    then held once, not twice. Without a length, Starlette's own reading."""
     length = request.headers.get("content-length", "")
     if not length.isdigit():
         return await request.body()
+    message = await request.receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnect()
+    first = message.get("body", b"")
+    if not message.get("more_body", False):
+        return first
     size = int(length)
     buffer = bytearray(size)
-    filled = 0
-    async for chunk in request.stream():
+    buffer[: len(first)] = first
+    filled = len(first)
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         end = filled + len(chunk)
         if end > size:  # the HTTP server frames bodies by their length: never seen in practice
             raise LloydError("the body is longer than its Content-Length")
         buffer[filled:end] = chunk
         filled = end
-    return buffer if filled == size else buffer[:filled]
+        if not message.get("more_body", False):
+            return buffer if filled == size else buffer[:filled]
 
 
 async def parse_rows_body(

@@ -1,23 +1,36 @@
-"""Registers one operation twice: on a model's latest version and on a named version."""
+"""OperationRoute: the one route type of an inference operation, built from a row of the
+operations table (``app.api.operations``), which serves and documents it.
 
-# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, which
-# refer to this factory's arguments.
-from typing import Any, TypedDict
+Each row gives two routes: ``POST /v1/models/{name}/{operation}`` (the latest version) and
+``.../versions/{version}/{operation}``. They are FastAPI routes, documented by FastAPI from the
+row, and guarded like every route (``GuardedRoute``: the key and its scope first). They are
+served by a handler of their own instead of FastAPI's request handling, whose dependency
+resolution and response validation cost more than a 1-row prediction: the version from the
+resolution cache, the body read by ``parse_rows_body`` (rows straight into a float64 matrix,
+JSON or ``.npy``), translated once into the inference service's input, and the answer written
+as JSON or ``.npy``. Errors are raised, and answered by the app's exception handlers, once.
+"""
 
-from fastapi import APIRouter, FastAPI, Request
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import Response
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.auth import AUTH_ERRORS, BEARER_SCHEME, authorize
+from app.api.auth import AUTH_ERRORS, READ, WRITE, GuardedRoute
 from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER
-from app.api.bodies import parse_rows_body
-from app.api.deps import resolve_version
-from app.api.inference_front import FrontOperation
-from app.api.operation_answer import AnswerResponse, answer_operation
+from app.api.bodies import ParsedBody, parse_rows_body
+from app.api.deps import NamePath, VersionPath, resolve_version
+from app.api.operation_answer import operation_answer
+from app.api.operations import OperationEntry
 from app.api.schemas import Problem
+from app.errors import LloydError, Location
 from app.registry.model_registry import LATEST
+from app.services.inference import NO_INPUT, OperationInput
 
 OPERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such model, version or alias."},
@@ -37,28 +50,10 @@ OPERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     },
 }
 
-
-# Request bodies parsed by hand (see app.api.bodies) are documented here, by reference, and
-# added to the OpenAPI components by app.api.problems.
-DOCUMENTED_BODIES: set[type[BaseModel]] = set()
 NPY_CONTENT = {
     "schema": {"type": "string", "format": "binary"},
     "description": "A NumPy `.npy` 2-D numeric array (rows x features); the request's other "
     "fields as a JSON object in the `Lloyd-Request` header.",
-}
-NAME_PARAMETER = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "description": "The model's name.",
-    "schema": {"type": "string", "title": "Name", "examples": ["line-7"]},
-}
-VERSION_PARAMETER = {
-    "name": "version",
-    "in": "path",
-    "required": True,
-    "description": "A version number, an alias (e.g. `production`) or `latest`.",
-    "schema": {"type": "string", "title": "Version", "examples": ["latest"]},
 }
 LLOYD_REQUEST_HEADER = {
     "name": "Lloyd-Request",
@@ -70,44 +65,9 @@ LLOYD_REQUEST_HEADER = {
 }
 
 
-class _RouteOptions(TypedDict):
-    """The ``add_api_route`` arguments both of an operation's documented routes share."""
-
-    methods: list[str]
-    response_model: type
-    responses: dict[int | str, dict[str, Any]]
-    description: str
-
-
-class ServedRoute(Route):
-    """An inference route as a plain Starlette route, placed ahead of the FastAPI route that
-    documents it (see ``install``): FastAPI's request handling, which these endpoints do not
-    use, costs a third of a 1-row request (237 -> 167 us measured in-process). Its ``route``
-    in the scope gives the metrics their template."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match is not Match.NONE:
-            child["route"] = self
-        return match, child
-
-
-# Every operation's served routes; ``install`` puts them at the head of an app's routes.
-SERVED_ROUTES: list[ServedRoute] = []
-# What app.api.inference_front needs to answer these operations' common requests itself.
-FRONT_OPERATIONS: dict[str, FrontOperation] = {}
-
-
-def install(app: FastAPI) -> None:
-    """Serve the inference routes ahead of everything else (they are the hot ones). The
-    FastAPI routes stay, for the OpenAPI document."""
-    app.router.routes[:0] = SERVED_ROUTES
-
-
 def rows_request_body(body_model: type[BaseModel], *, optional: bool) -> dict[str, Any]:
     """The OpenAPI ``requestBody`` of a body read by ``parse_rows_body``: the model as JSON and,
-    where it carries rows, ``.npy``."""
-    DOCUMENTED_BODIES.add(body_model)
+    where it carries rows, ``.npy``. (``app.api.problems`` adds the model to the components.)"""
     content: dict[str, Any] = {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{body_model.__name__}"}}
     }
@@ -134,83 +94,116 @@ def _ok_response() -> dict[str, Any]:
     }
 
 
-def add_operation(
-    router: APIRouter,
-    operation: str,
-    *,
-    body_model: type[BaseModel],
-    response_model: type,
-    description: str,
-    body_optional: bool = False,
-) -> None:
-    """``POST /v1/models/{name}/{operation}`` and ``.../versions/{version}/{operation}``.
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
-    The body is read by ``parse_rows_body`` (rows straight into a float64 matrix, JSON or
-    ``.npy``) and documented as ``body_model``; the answer is JSON, or ``.npy`` when asked for."""
-    takes_rows = "instances" in body_model.model_fields
 
-    # The hot path: no FastAPI dependencies (their resolution costs more than a 1-row
-    # prediction); the same authorization and version resolution the dependencies use, called
-    # directly, in the same order (the key before the lookup), and documented below by hand.
-    async def run(request: Request, ref: str) -> Response:
-        authorize(request, "read")
-        state = request.app.state
-        version = await resolve_version(state.registry, request.path_params["name"], ref)
-        parsed = await parse_rows_body(request, body_model, optional=body_optional)
-        body, headers = await answer_operation(
-            state=state,
-            version=version,
-            operation=operation,
-            parsed=parsed,
-            accept=request.headers.get("accept"),
+async def _latest_documented(name: NamePath) -> None:
+    """Documents the latest-version route's parameters; never called (``serve_handler``)."""
+
+
+async def _version_documented(name: NamePath, version: VersionPath) -> None:
+    """Documents the named-version route's parameters; never called (``serve_handler``)."""
+
+
+class OperationRoute(GuardedRoute):
+    """One operation on a model's latest version, or (``versioned``) on a named one."""
+
+    def __init__(self, entry: OperationEntry, *, versioned: bool) -> None:
+        self.entry = entry
+        self.versioned = versioned
+        name = entry.operation.value
+        path = (
+            f"/v1/models/{{name}}/versions/{{version}}/{name}"
+            if versioned
+            else (f"/v1/models/{{name}}/{name}")
         )
-        return AnswerResponse(body, headers)
+        super().__init__(
+            path,
+            _version_documented if versioned else _latest_documented,
+            methods=["POST"],
+            name=f"{name}_{'version' if versioned else 'latest'}",
+            summary=f"{name} (a version, alias or latest)"
+            if versioned
+            else f"{name} (latest version)",
+            description=entry.description,
+            tags=[entry.tag],
+            response_model=entry.answer,
+            responses={200: _ok_response(), **AUTH_ERRORS, **OPERATION_ERRORS},
+            dependencies=[READ if entry.scope == "read" else WRITE],
+            openapi_extra={
+                "requestBody": rows_request_body(entry.body, optional=entry.body_optional),
+                "parameters": [LLOYD_REQUEST_HEADER] if entry.takes_rows else [],
+            },
+        )
+        # FastAPI's wrapper of a handler opens two exit stacks and a scope of exception
+        # handlers per request, for dependencies and files these routes do not have; their
+        # errors reach the app's exception handlers all the same, one layer out.
+        self.app = _served(self.get_route_handler())
 
-    async def on_latest(request: Request) -> Response:
-        return await run(request, LATEST)
+    def serve_handler(self) -> Handler:
+        operation, body_model = self.entry.operation, self.entry.body
+        optional, row_fields = self.entry.body_optional, self.entry.row_fields
+        versioned = self.versioned
 
-    async def on_version(request: Request) -> Response:
-        return await run(request, request.path_params["version"])
+        async def serve(request: Request) -> Response:
+            state = request.app.state
+            path = request.path_params
+            ref = path["version"] if versioned else LATEST
+            version = await resolve_version(state.registry, path["name"], ref)
+            parsed = await parse_rows_body(request, body_model, optional=optional)
+            try:
+                result = await state.inference.perform(version, operation, operation_input(parsed))
+            except LloydError as exc:
+                raise exc.relocated(_on_the_wire(parsed.rows_at)) from None
+            return operation_answer(row_fields, result, request.headers.get("accept"))
 
-    latest_path = f"/v1/models/{{name}}/{operation}"
-    version_path = f"/v1/models/{{name}}/versions/{{version}}/{operation}"
-    SERVED_ROUTES.extend(
-        [
-            ServedRoute(latest_path, on_latest, methods=["POST"]),
-            ServedRoute(version_path, on_version, methods=["POST"]),
-        ]
+        return serve
+
+
+def _served(handler: Handler) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await handler(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    return app
+
+
+def operation_routes(entries: tuple[OperationEntry, ...]) -> list[OperationRoute]:
+    """Both routes of every entry."""
+    return [
+        OperationRoute(entry, versioned=versioned)
+        for entry in entries
+        for versioned in (False, True)
+    ]
+
+
+# The body fields that are options of the inference service's input.
+_OPTIONS = ("threshold", "contamination", "explain", "top_features", "n_samples", "random_state")
+
+
+def operation_input(parsed: ParsedBody[Any]) -> OperationInput:
+    """The parsed body as the inference service's input (rows the parser read as a matrix stay
+    one; its ``instances`` are then empty)."""
+    fields = parsed.fields
+    if fields is None:
+        return NO_INPUT
+    values = vars(fields)
+    options = {name: values[name] for name in _OPTIONS if values.get(name) is not None}
+    return OperationInput(
+        matrix=parsed.rows,
+        instances=values.get("instances") if parsed.rows is None else None,
+        records=values.get("records"),
+        **options,
     )
-    if takes_rows:
-        FRONT_OPERATIONS[operation] = FrontOperation(body_model, latest_path, version_path)
 
-    common: _RouteOptions = {
-        "methods": ["POST"],
-        "response_model": response_model,
-        "responses": {200: _ok_response(), **AUTH_ERRORS, **OPERATION_ERRORS},
-        "description": description,
-    }
 
-    def documented(*path_parameters: dict[str, Any]) -> dict[str, Any]:
-        parameters = [*path_parameters, *([LLOYD_REQUEST_HEADER] if takes_rows else [])]
-        return {
-            "requestBody": rows_request_body(body_model, optional=body_optional),
-            "parameters": parameters,
-            "security": [{BEARER_SCHEME: []}],
-        }
+def _on_the_wire(rows_at: tuple[str, ...]) -> Callable[[Location], Location]:
+    """Where a value the service located in its input sits in the request: in the body, its
+    rows at ``rows_at`` (``instances`` in JSON, the body itself when it is ``.npy``)."""
 
-    router.add_api_route(
-        latest_path,
-        on_latest,
-        name=f"{operation}_latest",
-        summary=f"{operation} (latest version)",
-        openapi_extra=documented(NAME_PARAMETER),
-        **common,
-    )
-    router.add_api_route(
-        version_path,
-        on_version,
-        name=f"{operation}_version",
-        summary=f"{operation} (a version, alias or latest)",
-        openapi_extra=documented(NAME_PARAMETER, VERSION_PARAMETER),
-        **common,
-    )
+    def where(loc: Location) -> Location:
+        if loc and loc[0] == "instances":
+            return ["body", *rows_at, *loc[1:]]
+        return ["body", *loc]
+
+    return where

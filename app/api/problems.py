@@ -8,12 +8,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.api.operation_routes import DOCUMENTED_BODIES
-from app.api.request_id import internal_error
+from app.api import schemas
 from app.api.responses import PROBLEM_MEDIA_TYPE, problem
 from app.api.schemas import Problem
 from app.errors import LloydError
@@ -86,11 +86,6 @@ async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
     return problem(exc.status_code, code, phrase, detail, headers=getattr(exc, "headers", None))
 
 
-async def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("500 internal_error on %s %s", request.method, request.url.path)
-    return internal_error()
-
-
 def _document_problems(app: FastAPI) -> None:
     """Document every error response as what is sent: a Problem as application/problem+json.
     FastAPI would list routes' error models as application/json, and its default 422 as an
@@ -118,7 +113,7 @@ def _document_problems(app: FastAPI) -> None:
         )
         # Bodies read by hand (rows straight into numpy) are documented by their models.
         _, definitions = models_json_schema(
-            [(model, "validation") for model in sorted(DOCUMENTED_BODIES, key=str)],
+            [(model, "validation") for model in _hand_parsed_bodies(schema)],
             ref_template="#/components/schemas/{model}",
         )
         for name, definition in definitions.get("$defs", {}).items():
@@ -130,10 +125,24 @@ def _document_problems(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _hand_parsed_bodies(schema: dict[str, Any]) -> list[type[BaseModel]]:
+    """The request body models the document refers to but FastAPI did not add to its
+    components: those of routes that read their body by hand (``rows_request_body``)."""
+    known = schema.get("components", {}).get("schemas", {})
+    names = {
+        media["schema"]["$ref"].rsplit("/", 1)[-1]
+        for path in schema.get("paths", {}).values()
+        for operation in path.values()
+        for media in operation.get("requestBody", {}).get("content", {}).values()
+        if "$ref" in media.get("schema", {})
+    }
+    return [getattr(schemas, name) for name in sorted(names - known.keys())]
+
+
 def install(app: FastAPI) -> None:
     # Starlette types a handler as taking any Exception, not the class it is registered for.
     app.add_exception_handler(LloydError, lloyd_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, unexpected_error)
+    # Anything else is answered by app.api.edge, the one place a 500 is written.
     _document_problems(app)

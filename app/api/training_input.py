@@ -21,7 +21,7 @@ def _rows(
         X = (
             rows
             if rows is not None
-            else instances_to_array(data.instances or [], loc=["data", "instances"])
+            else instances_to_array(data.instances or [], loc=["body", "data", "instances"])
         )
         names = feature_names
         if names is not None and len(names) != X.shape[1]:
@@ -33,7 +33,7 @@ def _rows(
             )
     else:
         X, names = records_to_array(
-            data.records, feature_names=feature_names, loc=["data", "records"]
+            data.records, feature_names=feature_names, loc=["body", "data", "records"]
         )
     if names is not None and len(set(names)) != len(names):
         raise InvalidInput("feature_names must be unique", at=["body", "feature_names"])

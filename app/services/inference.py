@@ -1,14 +1,21 @@
-"""Inference: run an operation of a version on posted rows; inline when tiny, else in a thread."""
+"""Inference: run an operation of a version on rows; inline when tiny, else in a thread.
+
+The service's own inputs: an ``Operation``, and an ``OperationInput`` (the rows as a matrix, as
+``instances`` or as ``records``, and the operation's options). Its errors locate a bad value in
+those inputs (``["instances", 0]``, ``["n_samples"]``); a transport says where that is on its
+wire (see ``app.api.operation_routes``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.api.schemas import AnomaliesRequest, InferenceRequest, Rows, SampleRequest
 from app.errors import ExplanationUnavailable, InvalidInput, PayloadTooLarge, UnsupportedOperation
 from app.ml.anomaly import SCORE_DIRECTION
 from app.ml.exceptions import InferenceInputError
@@ -21,58 +28,100 @@ from app.services.rows import instances_to_array, records_to_array
 from app.settings import Settings
 
 
+class Operation(StrEnum):
+    """What a version can be asked to do (``ModelVersion.operations`` lists the ones it can)."""
+
+    PREDICT = "predict"
+    PREDICT_PROBA = "predict_proba"
+    TRANSFORM = "transform"
+    SCORE_SAMPLES = "score_samples"
+    SCORE = "score"
+    ANOMALIES = "anomalies"
+    SAMPLE = "sample"
+    BIC = "bic"
+    AIC = "aic"
+
+
+@dataclass(frozen=True)
+class OperationInput:
+    """An operation's input. Rows come as exactly one of ``matrix`` (already float64: a
+    transport's fast parser or a binary body), ``instances`` or ``records``; none for ``sample``
+    and for ``bic``/``aic`` on the training set. The rest are the options of ``anomalies``
+    (``threshold`` or ``contamination``, ``explain``, ``top_features``) and of ``sample``."""
+
+    matrix: np.ndarray | None = None
+    instances: Sequence[Sequence[float]] | None = None
+    records: Sequence[Mapping[str, float]] | None = None
+    threshold: float | None = None
+    contamination: float | None = None
+    explain: bool = False
+    top_features: int | None = None
+    n_samples: int = 1
+    random_state: int | None = None
+
+    @property
+    def has_rows(self) -> bool:
+        return not (self.matrix is None and self.instances is None and self.records is None)
+
+    @property
+    def row_count(self) -> int:
+        rows = self.matrix if self.matrix is not None else (self.records or self.instances or ())
+        return len(rows)
+
+
+NO_INPUT = OperationInput()
+
+
 def check_supported(version: ModelVersion, operation: str) -> None:
     if operation not in version.operations:
         raise UnsupportedOperation(
-            f"{version.algorithm} does not support {operation!r}; "
+            f"{version.algorithm} does not support {str(operation)!r}; "
             f"it supports: {', '.join(version.operations)}",
             extra={"supported": version.operations},
         )
 
 
-def rows_of(
-    version: ModelVersion,
-    body: Rows,
-    settings: Settings,
-    rows: np.ndarray | None = None,
-    rows_at: tuple[str, ...] = ("instances",),
-) -> np.ndarray:
-    """The posted rows as a matrix of the model's width, within the row limit. ``rows``: the
-    matrix the request parser already read (JSON fast path or ``.npy``), if it did."""
-    if rows is not None:
-        count = len(rows)
-    else:
-        count = len(body.records if body.records is not None else body.instances or [])
+def rows_of(version: ModelVersion, given: OperationInput, settings: Settings) -> np.ndarray:
+    """The input's rows as a matrix of the model's width, within the row limit."""
+    count = given.row_count
     if count > settings.max_inference_rows:
         raise PayloadTooLarge(
             f"{count} rows is more than the {settings.max_inference_rows} one request accepts "
             "(LLOYD_MAX_INFERENCE_ROWS); split the batch"
         )
-    if body.records is not None:
+    if given.records is not None:
         if version.feature_names is None:
             raise InvalidInput(
                 f"{version.label} was trained without feature names: post 'instances'",
-                at=["body", "records"],
+                at=["records"],
             )
-        X, _ = records_to_array(body.records, feature_names=version.feature_names, loc=["records"])
+        X, _ = records_to_array(given.records, feature_names=version.feature_names, loc=["records"])
         return X
-    X = rows if rows is not None else instances_to_array(body.instances or [], loc=["instances"])
+    X = (
+        given.matrix
+        if given.matrix is not None
+        else instances_to_array(given.instances or [], loc=["instances"])
+    )
     if X.shape[1] != version.n_features:
         raise InvalidInput(
             f"rows have {X.shape[1]} features; {version.label} was trained on {version.n_features}",
-            at=["body", *rows_at, 0],
+            at=["instances", 0],
         )
     return X
 
 
 def compute(
-    model: FittedModel, version: ModelVersion, operation: str, X: np.ndarray | None, body: Any
+    model: FittedModel,
+    version: ModelVersion,
+    operation: Operation,
+    X: np.ndarray | None,
+    given: OperationInput,
 ) -> dict[str, Any]:
     """The operation's response fields (numpy arrays left as they are for the JSON writer)."""
     try:
         # Overflow is checked below, on the answer; numpy need not warn about it in the logs.
         with np.errstate(over="ignore", invalid="ignore"):
-            result = _compute(model, operation, X, body)
+            result = _compute(model, operation, X, given)
     except InferenceInputError as exc:
         raise InvalidInput(f"{exc} ({version.label})") from exc
     for field, value in result.items():
@@ -82,7 +131,7 @@ def compute(
             raise InvalidInput(
                 f"the rows overflow float64 in {operation} ({field} is not finite): "
                 f"rescale the features ({version.label})",
-                at=["body", "instances" if X is not None else "n_samples"],
+                at=["instances" if X is not None else "n_samples"],
             )
     return result
 
@@ -95,9 +144,11 @@ def _finite(value: Any) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
-def _compute(model: FittedModel, operation: str, X: np.ndarray | None, body: Any) -> dict[str, Any]:
+def _compute(
+    model: FittedModel, operation: Operation, X: np.ndarray | None, given: OperationInput
+) -> dict[str, Any]:
     if operation == "sample":
-        instances, components = model.sample(body.n_samples, body.random_state)
+        instances, components = model.sample(given.n_samples, given.random_state)
         return {"instances": instances, "components": components}
     if X is None:  # every other operation has rows (see perform)
         raise ValueError(f"{operation!r} takes rows")
@@ -113,23 +164,23 @@ def _compute(model: FittedModel, operation: str, X: np.ndarray | None, body: Any
     if operation == "score":
         return {"score": model.score(X), "n_samples": len(X)}
     if operation == "anomalies":
-        return _anomalies(model, X, body)
+        return _anomalies(model, X, given)
     if operation in ("bic", "aic"):
         value = model.bic(X) if operation == "bic" else model.aic(X)
         return {operation: value, "n_samples": len(X)}
     raise ValueError(f"unknown operation {operation!r}")
 
 
-def _anomalies(model: FittedModel, X: np.ndarray, body: AnomaliesRequest) -> dict[str, Any]:
+def _anomalies(model: FittedModel, X: np.ndarray, given: OperationInput) -> dict[str, Any]:
     scores = model.anomaly_scores(X)
-    if body.threshold is not None:
-        threshold, source = body.threshold, "threshold"
-    elif body.contamination is not None:
-        threshold, source = model.anomaly.threshold_for(body.contamination), "contamination"
+    if given.threshold is not None:
+        threshold, source = given.threshold, "threshold"
+    elif given.contamination is not None:
+        threshold, source = model.anomaly.threshold_for(given.contamination), "contamination"
     else:
         threshold, source = model.anomaly.threshold, "stored"
     contamination = (
-        body.contamination
+        given.contamination
         if source == "contamination"
         else (model.anomaly.contamination if source == "stored" else None)
     )
@@ -142,7 +193,7 @@ def _anomalies(model: FittedModel, X: np.ndarray, body: AnomaliesRequest) -> dic
         "contamination": contamination,
         "score_direction": SCORE_DIRECTION,
     }
-    if body.explain:
+    if given.explain:
         try:
             explanation = explain(model, X)
         except ValueError as exc:
@@ -157,49 +208,56 @@ def _anomalies(model: FittedModel, X: np.ndarray, body: AnomaliesRequest) -> dic
             explanation,
             X,
             feature_names=model.feature_names,
-            top=body.top_features or DEFAULT_TOP_FEATURES,
+            top=given.top_features or DEFAULT_TOP_FEATURES,
         )
     return answer
 
 
-async def perform(
-    *,
-    registry: ModelRegistry,
-    version: ModelVersion,
-    operation: str,
-    body: InferenceRequest | SampleRequest | None,
-    settings: Settings,
-    rows: np.ndarray | None = None,
-    rows_at: tuple[str, ...] = ("instances",),
-) -> dict[str, Any]:
-    """Run ``operation``. Work on a model already in memory whose size (rows x the model's
-    per-row cost) is within ``settings.inline_work_limit`` runs on the event loop: the hop to a
-    thread costs more than it. Everything else, loading an artifact included, runs in a thread."""
-    check_supported(version, operation)
-    answer: dict[str, Any] = {"model": version.name, "version": version.version}
-    if operation in ("bic", "aic") and body is None:
-        return answer | {operation: version.metrics[operation], "n_samples": version.n_samples}
-    if operation == "sample":
-        body = body or SampleRequest()
-        assert isinstance(body, SampleRequest)
-        if body.n_samples > settings.max_sample_rows:
+class InferenceService:
+    """Runs operations of the registry's versions; built once per app, in its lifespan."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+
+    async def perform(
+        self, version: ModelVersion, operation: Operation, given: OperationInput = NO_INPUT
+    ) -> dict[str, Any]:
+        """Run ``operation``: the answer's fields (numpy arrays left as they are). Work on a
+        model already in memory whose size (rows x the model's per-row cost) is within
+        ``settings.inline_work_limit`` runs on the event loop: the hop to a thread costs more
+        than it. Everything else, loading an artifact included, runs in a thread."""
+        check_supported(version, operation)
+        answer: dict[str, Any] = {"model": version.name, "version": version.version}
+        if operation in (Operation.BIC, Operation.AIC) and not given.has_rows:
+            return answer | {
+                operation.value: version.metrics[operation.value],
+                "n_samples": version.n_samples,
+            }
+        X, count = self._rows(version, operation, given)
+        model = self.registry.cached(version)
+        # An explanation scores the rows once more per feature.
+        passes = version.n_features + 1 if operation == Operation.ANOMALIES and given.explain else 1
+        limit = self.settings.inline_work_limit
+        if model is not None and count * passes * model.cost_per_row <= limit:
+            return answer | compute(model, version, operation, X, given)
+
+        def in_thread() -> dict[str, Any]:
+            return compute(self.registry.load(version), version, operation, X, given)
+
+        return answer | await run_in_threadpool(in_thread)
+
+    def _rows(
+        self, version: ModelVersion, operation: Operation, given: OperationInput
+    ) -> tuple[np.ndarray | None, int]:
+        """The rows as a matrix (None for ``sample``) and how many rows the work is."""
+        if operation != Operation.SAMPLE:
+            X = rows_of(version, given, self.settings)
+            return X, len(X)
+        if given.n_samples > self.settings.max_sample_rows:
             raise InvalidInput(
-                f"n_samples={body.n_samples} is more than the {settings.max_sample_rows} allowed "
-                "(LLOYD_MAX_SAMPLE_ROWS)",
-                at=["body", "n_samples"],
+                f"n_samples={given.n_samples} is more than the "
+                f"{self.settings.max_sample_rows} allowed (LLOYD_MAX_SAMPLE_ROWS)",
+                at=["n_samples"],
             )
-        X, count = None, body.n_samples
-    else:
-        assert isinstance(body, Rows)
-        X = rows_of(version, body, settings, rows, rows_at)
-        count = len(X)
-    model = registry.cached(version)
-    # An explanation scores the rows once more per feature.
-    passes = version.n_features + 1 if isinstance(body, AnomaliesRequest) and body.explain else 1
-    if model is not None and count * passes * model.cost_per_row <= settings.inline_work_limit:
-        return answer | compute(model, version, operation, X, body)
-
-    def in_thread() -> dict[str, Any]:
-        return compute(registry.load(version), version, operation, X, body)
-
-    return answer | await run_in_threadpool(in_thread)
+        return None, given.n_samples

@@ -10,7 +10,8 @@ from app.errors import InvalidInput
 
 
 def _error(detail: str, loc: list[str | int]) -> InvalidInput:
-    return InvalidInput(detail, at=["body", *loc])
+    """``loc``: where the rows sit in the caller's input."""
+    return InvalidInput(detail, at=loc)
 
 
 def instances_to_array(instances: Sequence[Sequence[float]], *, loc: list[str | int]) -> np.ndarray:

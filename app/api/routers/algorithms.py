@@ -2,11 +2,14 @@
 
 from fastapi import APIRouter, Path
 
+from app.api.auth import READ, GuardedRoute
 from app.api.schemas import AlgorithmOut, Problem
 from app.errors import AlgorithmNotFound
 from app.ml.catalog import ALGORITHMS, Algorithm
 
-router = APIRouter(prefix="/v1/algorithms", tags=["algorithms"])
+router = APIRouter(
+    prefix="/v1/algorithms", tags=["algorithms"], route_class=GuardedRoute, dependencies=[READ]
+)
 
 
 def _out(algorithm: Algorithm) -> AlgorithmOut:

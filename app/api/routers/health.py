@@ -4,11 +4,11 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import ANY_KEY, AUTH_ERRORS
+from app.api.auth import ANY_KEY, AUTH_ERRORS, GuardedRoute
 from app.api.deps import MetricsDep, RegistryDep
 from app.api.responses import FastJSONResponse
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=GuardedRoute)
 
 
 @router.get("/healthz")

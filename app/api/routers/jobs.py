@@ -4,13 +4,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
+from app.api.auth import WRITE, GuardedRoute
 from app.api.deps import JobServiceDep, JobStoreDep
 from app.api.documents import job_out
 from app.api.responses import FastJSONResponse
 from app.api.schemas import JobOut, JobPage, Problem
 from app.registry.job_store import MAX_OFFSET
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute, dependencies=[WRITE])
 
 JobId = Annotated[
     str,

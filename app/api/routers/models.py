@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import READ, WRITE
+from app.api.auth import READ, WRITE, GuardedRoute
 from app.api.bodies import parse_rows_body
 from app.api.deps import ModelVersionDep, NamePath, RegistryDep
 from app.api.documents import model_out, version_out
@@ -21,7 +21,7 @@ from app.api.schemas import (
     VersionPage,
 )
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRoute)
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such model, version or alias."}

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from app.api.auth import WRITE, GuardedRoute
 from app.api.bodies import parse_rows_body
 from app.api.deps import JobServiceDep
 from app.api.documents import job_out, version_out
@@ -26,7 +27,7 @@ from app.registry.job_store import SUCCEEDED, JobRecord
 from app.services import selection, training
 from app.services.job_service import JobService
 
-router = APIRouter(prefix="/v1", tags=["training"])
+router = APIRouter(prefix="/v1", tags=["training"], route_class=GuardedRoute, dependencies=[WRITE])
 
 ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {
