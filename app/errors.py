@@ -33,15 +33,14 @@ class LloydError(Exception):
         self.errors = errors
         self.extra = extra or {}
 
-    def relocated(self, where: Callable[[Location], Location]) -> LloydError:
-        """This error, each of its locations translated by ``where``: a service locates a bad
-        value in its own input, a transport says where that value sits on its wire."""
+    def relocate(self, where: Callable[[Location], Location]) -> None:
+        """Translate each of its locations by ``where``: a service locates a bad value in its
+        own input, a transport says where that value sits on its wire."""
         if self.errors:
             self.errors = [
                 {**error, "loc": where(list(error["loc"]))} if "loc" in error else error
                 for error in self.errors
             ]
-        return self
 
 
 class InvalidInput(LloydError):

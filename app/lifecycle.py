@@ -48,9 +48,13 @@ class Services:
         self.engine.dispose()
 
 
+# What the fitting workers run: imported once by the local executor's forkserver.
+TASK_MODULES = ("app.services.fitting_tasks",)
+
+
 def create_executor(settings: Settings) -> Executor:
     if settings.dask_scheduler is None:
-        executor = LocalExecutor(max_workers=settings.max_concurrent_jobs)
+        executor = LocalExecutor(max_workers=settings.max_concurrent_jobs, preload=TASK_MODULES)
         executor.start()
         return executor
     from app.jobs.dask_executor import DaskExecutor

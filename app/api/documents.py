@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
+from app.api.locations import in_body
 from app.api.schemas import ArtifactOut, JobOut, JobOwnerOut, ModelOut, ProgressOut, VersionOut
 from app.registry.compatibility import has_drifted
 from app.registry.job_store import JobRecord, parse_owner
@@ -63,7 +65,7 @@ def job_out(job: JobRecord) -> JobOut:
         progress=ProgressOut(done=job.progress_done, total=job.progress_total),
         request=job.request,
         result=job.result,
-        error=job.error,
+        error=_located_error(job.error),
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -73,3 +75,14 @@ def job_out(job: JobRecord) -> JobOut:
         retryable=job.retryable,
         cancel_requested=job.cancel_requested,
     )
+
+
+def _located_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job's stored error, its locations (the spec's) translated to the request's body."""
+    if not error or not error.get("errors"):
+        return error
+    errors = [
+        {**entry, "loc": in_body(list(entry["loc"]))} if "loc" in entry else entry
+        for entry in error["errors"]
+    ]
+    return {**error, "errors": errors}

@@ -25,10 +25,10 @@ from app.api.auth import AUTH_ERRORS, READ, WRITE, GuardedRoute
 from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER
 from app.api.bodies import ParsedBody, parse_rows_body
 from app.api.deps import NamePath, VersionPath, resolve_version
+from app.api.locations import located, rows_at
 from app.api.operation_answer import operation_answer
 from app.api.operations import OperationEntry
 from app.api.schemas import Problem
-from app.errors import LloydError, Location
 from app.registry.model_registry import LATEST
 from app.services.inference import NO_INPUT, OperationInput
 
@@ -151,10 +151,8 @@ class OperationRoute(GuardedRoute):
             ref = path["version"] if versioned else LATEST
             version = await resolve_version(state.registry, path["name"], ref)
             parsed = await parse_rows_body(request, body_model, optional=optional)
-            try:
+            with located(rows_at(parsed.rows_at)):
                 result = await state.inference.perform(version, operation, operation_input(parsed))
-            except LloydError as exc:
-                raise exc.relocated(_on_the_wire(parsed.rows_at)) from None
             return operation_answer(row_fields, result, request.headers.get("accept"))
 
         return serve
@@ -195,15 +193,3 @@ def operation_input(parsed: ParsedBody[Any]) -> OperationInput:
         records=values.get("records"),
         **options,
     )
-
-
-def _on_the_wire(rows_at: tuple[str, ...]) -> Callable[[Location], Location]:
-    """Where a value the service located in its input sits in the request: in the body, its
-    rows at ``rows_at`` (``instances`` in JSON, the body itself when it is ``.npy``)."""
-
-    def where(loc: Location) -> Location:
-        if loc and loc[0] == "instances":
-            return ["body", *rows_at, *loc[1:]]
-        return ["body", *loc]
-
-    return where

@@ -25,7 +25,7 @@ from app.api.schemas import (
     ScoreSamplesOut,
     TransformOut,
 )
-from app.services.inference import Operation
+from app.ml.catalog import Operation
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,13 @@ _context_lock = threading.Lock()
 _context: Any = None
 
 
-def _process_context() -> Any:
+def _process_context(preload: tuple[str, ...] = ()) -> Any:
+    """The process's forkserver context; the first call names the modules it preloads."""
     global _context
     with _context_lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(_PRELOAD)
+            context.set_forkserver_preload([*_PRELOAD, *preload])
             _context = context
         return _context
 
@@ -48,8 +49,11 @@ class LocalExecutor:
     name = "local"
     stopped_means = "its workers were killed"
 
-    def __init__(self, *, max_workers: int) -> None:
+    def __init__(self, *, max_workers: int, preload: tuple[str, ...] = ()) -> None:
+        """``preload``: modules of the tasks to come, imported once by the forkserver rather
+        than by every worker (the first executor of the process decides)."""
         self.max_workers = max_workers
+        self.preload = preload
         self._slots = threading.BoundedSemaphore(max_workers)
         # BLAS/OpenMP threads per worker, so that a full pool does not oversubscribe the cores.
         self.threads = max(1, (os.cpu_count() or 1) // max_workers)
@@ -58,7 +62,7 @@ class LocalExecutor:
 
     def start(self) -> None:
         """Start the forkserver now (it imports scikit-learn: the first job need not wait)."""
-        _process_context()
+        _process_context(self.preload)
         from multiprocessing import forkserver
 
         forkserver.ensure_running()

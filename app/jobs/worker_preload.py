@@ -1,5 +1,5 @@
-"""What the forkserver loads once for every worker it forks: the fitting code, and the caches
-scikit-learn fills on its first call."""
+"""What the forkserver loads once for every worker it forks: the worker's code, and the caches
+scikit-learn fills on its first call (the tasks' own modules are the executor's ``preload``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from app.jobs import worker
-from app.services import fitting_tasks
 
 # Imported here, in the forkserver, so that no worker imports them again.
-__all__ = ["fitting_tasks", "worker"]
+__all__ = ["worker"]
 
 # scikit-learn's input validation asks narwhals whether the rows are a dataframe, and narwhals
 # looks for plugins among the entry points of every installed distribution the first time: a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from typing import Any, Literal
 
@@ -21,18 +22,23 @@ from app.ml.pca_reconstruction import PCAReconstruction
 
 Family = Literal["clustering", "mixture", "anomaly"]
 
-# Every operation the service knows, in the order the API documents them.
-OPERATIONS = (
-    "predict",
-    "predict_proba",
-    "transform",
-    "score_samples",
-    "score",
-    "anomalies",
-    "sample",
-    "bic",
-    "aic",
-)
+
+class Operation(StrEnum):
+    """Every operation the service knows, in the order the API documents them; an algorithm's
+    ``operations`` (and a version's) are some of these."""
+
+    PREDICT = "predict"
+    PREDICT_PROBA = "predict_proba"
+    TRANSFORM = "transform"
+    SCORE_SAMPLES = "score_samples"
+    SCORE = "score"
+    ANOMALIES = "anomalies"
+    SAMPLE = "sample"
+    BIC = "bic"
+    AIC = "aic"
+
+
+OPERATIONS = tuple(operation.value for operation in Operation)
 
 # Hyperparameters that would harm a shared server (its threads, its logs) or that only make sense
 # across repeated fits in one process; refused for every algorithm.

@@ -389,7 +389,7 @@ class ModelRegistry:
             raise InvalidInput(
                 f"alias {alias!r} is not allowed: it must start with a letter, use only letters, "
                 "digits, '_', '.', '-' (at most 64) and not be 'latest'",
-                at=["path", "alias"],
+                at=["alias"],
             )
         with self._writing() as session:
             model = self._model_row(session, name, lock=True)

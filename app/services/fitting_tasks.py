@@ -17,13 +17,14 @@ from app.ml.selection import evaluate_candidate
 
 @contextmanager
 def fit_errors(algorithm: str) -> Iterator[None]:
-    """The ml layer's errors as the API's: a bad hyperparameter, or data that cannot be fitted."""
+    """The ml layer's errors as the service's: a bad hyperparameter (located in the spec), or
+    data that cannot be fitted."""
     try:
         yield
     except HyperparameterError as exc:
-        where: list[str | int] = ["body", "params", exc.parameter]
+        where: list[str | int] = ["params", exc.parameter]
         if exc.parameter.startswith(("preprocessing", "grid")):
-            where = ["body", *exc.parameter.split(".")]
+            where = [*exc.parameter.split(".")]
         raise InvalidParameter(exc.message, at=where) from exc
     except FitError as exc:
         raise TrainingFailed(f"{algorithm} could not be fitted: {exc}") from exc

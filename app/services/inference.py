@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import ExplanationUnavailable, InvalidInput, PayloadTooLarge, UnsupportedOperation
 from app.ml.anomaly import SCORE_DIRECTION
+from app.ml.catalog import Operation
 from app.ml.exceptions import InferenceInputError
 from app.ml.explain import DEFAULT_TOP_FEATURES, explain, top_contributions
 from app.ml.finite import all_finite
@@ -26,20 +26,6 @@ from app.registry.model_registry import ModelRegistry
 from app.registry.records import ModelVersion
 from app.services.rows import instances_to_array, records_to_array
 from app.settings import Settings
-
-
-class Operation(StrEnum):
-    """What a version can be asked to do (``ModelVersion.operations`` lists the ones it can)."""
-
-    PREDICT = "predict"
-    PREDICT_PROBA = "predict_proba"
-    TRANSFORM = "transform"
-    SCORE_SAMPLES = "score_samples"
-    SCORE = "score"
-    ANOMALIES = "anomalies"
-    SAMPLE = "sample"
-    BIC = "bic"
-    AIC = "aic"
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def _check_algorithm_and_name(service: JobService, spec: SelectionSpec) -> None:
     if spec.algorithm not in SELECTABLE:
         raise InvalidInput(
             f"model selection supports {', '.join(SELECTABLE)}; not {spec.algorithm!r}",
-            at=["body", "algorithm"],
+            at=["algorithm"],
         )
     if spec.register is not None:
         check_text(
@@ -93,7 +93,7 @@ def _check_algorithm_and_name(service: JobService, spec: SelectionSpec) -> None:
             description=spec.register.description,
             tags=spec.register.tags,
             settings=service.settings,
-            at=["body", "register"],
+            at=["register"],
         )
 
 
@@ -105,7 +105,7 @@ def _candidates(
         raise InvalidInput(
             f"the grid has {size} candidates; at most {service.settings.max_grid_candidates} "
             "(LLOYD_MAX_GRID_CANDIDATES)",
-            at=["body", "grid"],
+            at=["grid"],
         )
     with fit_errors(algorithm.name):
         candidates = expand_grid(algorithm, spec.grid)
@@ -120,20 +120,18 @@ def _check_candidate(
     clash = set(candidate.params) & set(spec.params)
     if clash:
         name = sorted(clash)[0]
-        raise InvalidParameter(
-            f"{name!r} is both in params and in the grid", at=["body", "grid", name]
-        )
+        raise InvalidParameter(f"{name!r} is both in params and in the grid", at=["grid", name])
     try:
         with fit_errors(algorithm.name):
             algorithm.build({**spec.params, **candidate.params})
     except InvalidParameter as exc:
         bad = exc.errors[0]["loc"][-1] if exc.errors else "grid"
-        raise InvalidParameter(exc.detail, at=["body", "grid", bad]) from exc
+        raise InvalidParameter(exc.detail, at=["grid", bad]) from exc
     k = candidate.params.get(algorithm.n_clusters_param or "")
     if isinstance(k, int) and k > n_rows and algorithm.n_clusters_param is not None:
         raise InvalidParameter(
             f"{algorithm.n_clusters_param}={k} is more than the {n_rows} rows",
-            at=["body", "grid", algorithm.n_clusters_param],
+            at=["grid", algorithm.n_clusters_param],
         )
 
 
@@ -147,7 +145,7 @@ def _check_criterion(
         raise InvalidInput(
             f"criterion {register.criterion!r} is not one of "
             f"{', '.join(CRITERIA[algorithm.name])} for {algorithm.name}",
-            at=["body", "register", "criterion"],
+            at=["register", "criterion"],
         )
     if CRITERIA[algorithm.name][register.criterion] == "elbow":
         # Known now, not after the whole grid has been fitted: an elbow needs a curve.
@@ -156,7 +154,7 @@ def _check_criterion(
             raise InvalidInput(
                 f"criterion {register.criterion!r} registers the elbow of the inertia "
                 f"curve: the grid needs at least 3 values of {algorithm.n_clusters_param}",
-                at=["body", "register", "criterion"],
+                at=["register", "criterion"],
             )
 
 
@@ -224,7 +222,7 @@ def plan_selection(service: JobService, spec: SelectionSpec, ready: PreparedSele
         if best is None:
             raise InvalidInput(
                 f"no candidate has a {register.criterion} to choose by",
-                at=["body", "register", "criterion"],
+                at=["register", "criterion"],
             )
         result = results[best["index"]][0]
 

@@ -69,7 +69,7 @@ def resolve_algorithm(name: str) -> Algorithm:
     if algorithm is None:
         raise UnknownAlgorithm(
             f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}",
-            at=["body", "algorithm"],
+            at=["algorithm"],
         )
     return algorithm
 
@@ -146,7 +146,7 @@ def prepare(spec: TrainSpec, X: np.ndarray, settings: Settings) -> PreparedTrain
         description=spec.description,
         tags=spec.tags,
         settings=settings,
-        at=["body"],
+        at=[],
     )
     with fit_errors(algorithm.name):
         algorithm.build(spec.params)

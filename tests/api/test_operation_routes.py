@@ -20,7 +20,8 @@ from app.api.operation_routes import OperationRoute
 from app.api.operations import OPERATIONS
 from app.api_keys import hash_key, new_key
 from app.main import create_app
-from app.services.inference import InferenceService, Operation
+from app.ml.catalog import Operation
+from app.services.inference import InferenceService
 from tests.api.contract import BLOBS, assert_problem, new_rows, training_body
 from tests.conftest import make_settings
 

@@ -25,6 +25,7 @@ from app.jobs import shared_arrays
 from app.jobs.execution import Task
 from app.jobs.local_executor import LocalExecutor
 from app.jobs.runner import JobPlan, JobRunner
+from app.lifecycle import TASK_MODULES
 from app.main import create_app
 from app.ml.anomaly import AnomalyThreshold
 from app.ml.cluster_separation import SILHOUETTE_SAMPLE_SIZE
@@ -174,7 +175,7 @@ def test_arrays_reach_the_worker_equal_writable_and_in_their_layout(
     owner = "handoff|1|t"
     runner = JobRunner(
         jobs=jobs,
-        executor=LocalExecutor(max_workers=1),
+        executor=LocalExecutor(max_workers=1, preload=TASK_MODULES),
         owner=owner,
         timeout_seconds=60,
         max_jobs=1,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -77,8 +79,9 @@ KEYED_APP = create_app(make_settings(FOLDER / "keyed", api_keys=API_KEYS))
 CALLS: defaultdict[str, defaultdict[str, Counter[int]]] = defaultdict(lambda: defaultdict(Counter))
 
 
-def config(max_examples: int, **phases: Any) -> SchemathesisConfig:
-    """A fixed seed, so that CI runs the same requests every time. The two operations that fit
+def config(max_examples: int, seed: int = 20261123, **phases: Any) -> SchemathesisConfig:
+    """A fixed seed, so that CI runs the same requests every time (the fuzz passes below add
+    others). The two operations that fit
     models in a worker process get their examples and a few generated requests, without the
     coverage phase, whose dozens of valid variations of the examples would each fit models.
     Schemathesis generates no Authorization header of its own (it would drop the one a test
@@ -86,7 +89,7 @@ def config(max_examples: int, **phases: Any) -> SchemathesisConfig:
     expensive = ["POST /v1/models", "POST /v1/model-selection"]
     return SchemathesisConfig.from_dict(
         {
-            "seed": 20261123,
+            "seed": seed,
             "generation": {
                 "max-examples": max_examples,
                 "database": "none",
@@ -240,6 +243,33 @@ def test_api_with_a_read_write_key_conforms_to_its_schema(case):
     assert response.status_code not in (401, 403), response.text
     record("read-write key", case, response)
     after_delete(KEYED_APP, case, response)
+
+
+# Fuzzing beyond the fixed seed: no 5xx from requests drawn with other seeds, two fixed and one
+# new every run (LLOYD_FUZZ_SEED sets it, to replay a failure; a failure names its seed).
+FUZZ_SEEDS = (7, 20261203, int(os.environ.get("LLOYD_FUZZ_SEED") or secrets.randbits(32)))
+
+
+def fuzz_test(seed: int) -> Any:
+    schema = schema_of(OPEN_APP, OPEN_APP.openapi(), config(4, seed, coverage={"enabled": False}))
+
+    @schema.parametrize()
+    @settings(deadline=None, suppress_health_check=list(HealthCheck))
+    def test(case: Any) -> None:
+        try:
+            response = case.call_and_validate(checks=[not_a_server_error])
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed} (LLOYD_FUZZ_SEED={seed} replays it): {exc}") from exc
+        record(f"fuzz seed {seed}", case, response)
+        after_delete(OPEN_APP, case, response)
+
+    test.__doc__ = f"No 5xx from the requests seed {seed} draws, without keys."
+    return test
+
+
+test_no_server_error_first_seed = fuzz_test(FUZZ_SEEDS[0])
+test_no_server_error_second_seed = fuzz_test(FUZZ_SEEDS[1])
+test_no_server_error_new_seed = fuzz_test(FUZZ_SEEDS[2])
 
 
 def required_scopes(openapi: dict[str, Any]) -> dict[tuple[str, str], str | None]:
@@ -442,7 +472,7 @@ def test_generated_requests_called_every_operation_and_got_successes():
     """After the passes above (pytest runs a module's tests in order): each called every
     operation of the schema; open and with a read-write key, the main ones succeeded."""
     documented = {f"{m.upper()} {p}" for p, ops in OPEN_APP.openapi()["paths"].items() for m in ops}
-    passes = ["open", "read-write key", *CREDENTIALS]
+    passes = ["open", "read-write key", *CREDENTIALS, *(f"fuzz seed {s}" for s in FUZZ_SEEDS)]
     if not all(CALLS[name] for name in passes):
         pytest.skip("run with the whole module: the schemathesis passes did not all run")
     for name in passes:

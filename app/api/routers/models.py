@@ -9,6 +9,7 @@ from app.api.auth import READ, WRITE, GuardedRoute
 from app.api.bodies import parse_rows_body
 from app.api.deps import ModelVersionDep, NamePath, RegistryDep
 from app.api.documents import model_out, version_out
+from app.api.locations import in_path, located
 from app.api.operation_routes import rows_request_body
 from app.api.schemas import (
     AliasRequest,
@@ -136,7 +137,9 @@ async def set_alias(
     # Read here, after the route's key check, never before it (see app.api.bodies).
     body = (await parse_rows_body(request, AliasRequest)).fields
     assert body is not None
-    return version_out(await run_in_threadpool(registry.set_alias, name, alias, body.version))
+    with located(in_path):
+        version = await run_in_threadpool(registry.set_alias, name, alias, body.version)
+    return version_out(version)
 
 
 @router.delete(

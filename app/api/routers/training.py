@@ -11,6 +11,7 @@ from app.api.auth import WRITE, GuardedRoute
 from app.api.bodies import parse_rows_body
 from app.api.deps import JobServiceDep
 from app.api.documents import job_out, version_out
+from app.api.locations import in_body, located
 from app.api.operation_routes import LLOYD_REQUEST_HEADER, rows_request_body
 from app.api.responses import FastJSONResponse
 from app.api.schemas import (
@@ -92,11 +93,12 @@ async def train_model(request: Request, service: JobServiceDep) -> Response:
     parsed = await parse_rows_body(request, TrainRequest)
     body = parsed.fields
     assert body is not None
-    # Rows into a matrix and every check, in the thread pool: a large body takes a while.
-    job, handle = await run_in_threadpool(
-        lambda: training.start_training(service, *training_input(body, parsed.rows))
-    )
-    job = await finished(job, handle, wait=body.wait, service=service)
+    with located(in_body):
+        # Rows into a matrix and every check, in the thread pool: a large body takes a while.
+        job, handle = await run_in_threadpool(
+            lambda: training.start_training(service, *training_input(body, parsed.rows))
+        )
+        job = await finished(job, handle, wait=body.wait, service=service)
     if job.status != SUCCEEDED or handle.outcome is None:
         return accepted(job)
     # The version as registered: reading it back could race a delete of the model.
@@ -131,10 +133,11 @@ async def select_model(request: Request, service: JobServiceDep) -> Response:
     parsed = await parse_rows_body(request, ModelSelectionRequest)
     body = parsed.fields
     assert body is not None
-    job, handle = await run_in_threadpool(
-        lambda: selection.start_selection(service, *selection_input(body, parsed.rows))
-    )
-    job = await finished(job, handle, wait=body.wait, service=service)
+    with located(in_body):
+        job, handle = await run_in_threadpool(
+            lambda: selection.start_selection(service, *selection_input(body, parsed.rows))
+        )
+        job = await finished(job, handle, wait=body.wait, service=service)
     if job.status != SUCCEEDED:
         return accepted(job)
     return FastJSONResponse(job.result)
