@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp
 from threadpoolctl import threadpool_limits
 
@@ -125,22 +124,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 class LloydApp(FastAPI):
     """The FastAPI app with one layer ahead of its router: ``Edge`` (request ids, body limits,
-    metrics, the last-resort 500), then the exception handlers (every other error, answered as
-    a problem), then FastAPI's own exit stack (the files its request handling opens).
+    metrics, and every error answered by the exception handlers ``app.api.problems``
+    installs), then FastAPI's own exit stack (the files its request handling opens).
 
-    FastAPI's default stack would add its own server-error, telemetry and body-limit layers
-    around these: each would be a second mechanism for a concern ``Edge`` holds, and a cost
-    every 1-row prediction pays."""
+    FastAPI's default stack would add its own server-error, telemetry, body-limit and
+    exception layers around these: each would be a second mechanism for a concern ``Edge``
+    holds, and a cost every 1-row prediction pays."""
 
     def build_middleware_stack(self) -> ASGIApp:
         handlers = {
             key: handler
             for key, handler in self.exception_handlers.items()
-            if key not in (500, Exception)
+            if isinstance(key, type) and key is not Exception
         }
         app: ASGIApp = AsyncExitStackMiddleware(self.router)
-        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         settings = self.state.settings
-        return Edge(app, metrics=self.state.metrics, max_body_bytes=settings.max_body_bytes)
+        return Edge(
+            app,
+            metrics=self.state.metrics,
+            max_body_bytes=settings.max_body_bytes,
+            handlers=handlers,
+        )

@@ -122,17 +122,19 @@ def main() -> None:
         ]
         for _, target, path in cases:  # warm-up: resolutions cached, models loaded
             client.portal.call(per_request_us, target, path, body, key, 200)
-        medians = {}
-        for label, target, path in cases:
-            rounds = [
-                client.portal.call(per_request_us, target, path, body, key, args.requests)
-                for _ in range(args.rounds)
-            ]
-            medians[label] = statistics.median(rounds)
-            floor = medians[cases[0][0]]
+        # Interleaved: every case once per round, so that the machine's drift hits them alike.
+        rounds: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+        for _ in range(args.rounds):
+            for label, target, path in cases:
+                rounds[label].append(
+                    client.portal.call(per_request_us, target, path, body, key, args.requests)
+                )
+        floor = statistics.median(rounds[cases[0][0]])
+        for label, figures in rounds.items():
+            median = statistics.median(figures)
             print(
-                f"{label:42s} {medians[label]:7.1f} us  ({min(rounds):.1f}-{max(rounds):.1f})"
-                f"  {medians[label] / floor:5.2f}x FastAPI floor",
+                f"{label:42s} {median:7.1f} us  ({min(figures):.1f}-{max(figures):.1f})"
+                f"  {median / floor:5.2f}x FastAPI floor",
                 flush=True,
             )
 

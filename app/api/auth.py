@@ -63,15 +63,19 @@ class Requirement:
         return None  # enforced by GuardedRoute, ahead of the body and the dependencies
 
     def check(self, request: Request) -> None:
-        """Nothing when keys are off (or the setting ``when`` is), or the request carries a
-        valid key holding the scope; else 401 without a (valid) key, 403 without the scope."""
-        state = request.app.state
+        """``check_header`` of the request's (first) ``Authorization`` header."""
+        header = next((v for k, v in request.scope["headers"] if k == b"authorization"), None)
+        self.check_header(request.app.state, header)
+
+    def check_header(self, state: Any, header: bytes | None) -> None:
+        """Nothing when keys are off (or the setting ``when`` is), or ``header`` (the request's
+        ``Authorization``) carries a valid key holding the scope; else 401 without a (valid)
+        key, 403 without the scope. ``state``: the app's, with its key ring and settings."""
         if self.when is not None and not getattr(state.settings, self.when):
             return
         ring: KeyRing = state.key_ring
         if not ring:
             return
-        header = next((v for k, v in request.scope["headers"] if k == b"authorization"), None)
         key = _authenticate(ring, header.decode("latin-1") if header is not None else None)
         if self.scope is not None and self.scope not in key.scopes:
             raise Forbidden(

@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from app.api.binary import NPY_MEDIA_TYPE, REQUEST_HEADER, read_npy, request_fields
 from app.errors import InvalidInput, LloydError, UnsupportedMediaType
@@ -168,25 +169,35 @@ def _fast(model: type[M], raw: bytes | bytearray) -> ParsedBody[M] | None:
 
 
 async def read_body(request: Request) -> bytes | bytearray:
+    """The request's whole body (see ``receive_body``)."""
+    return await receive_body(request.receive, request.headers.get("content-length"))
+
+
+async def receive_body(receive: Receive, length: str | bytes | None) -> bytes | bytearray:
     """The whole body. A body that comes in one message (every small one) is that message's
-    bytes, as they are; a longer one is copied, chunk by chunk, into one buffer allocated once
-    from its ``Content-Length``, rather than a list of chunks joined at the end: a large body is
-    then held once, not twice. Without a length, Starlette's own reading."""
-    length = request.headers.get("content-length", "")
-    if not length.isdigit():
-        return await request.body()
-    message = await request.receive()
+    bytes, as they are; a longer one of a declared ``length`` is copied, chunk by chunk, into
+    one buffer allocated once, rather than a list of chunks joined at the end: a large body is
+    then held once, not twice. Without a length, the chunks are joined."""
+    message = await receive()
     if message["type"] != "http.request":
         raise ClientDisconnect()
     first = message.get("body", b"")
     if not message.get("more_body", False):
         return first
+    if length is None or not length.isdigit():
+        chunks = [first]
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect()
+            chunks.append(message.get("body", b""))
+        return b"".join(chunks)
     size = int(length)
     buffer = bytearray(size)
     buffer[: len(first)] = first
     filled = len(first)
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] != "http.request":
             raise ClientDisconnect()
         chunk = message.get("body", b"")
@@ -202,14 +213,33 @@ async def read_body(request: Request) -> bytes | bytearray:
 async def parse_rows_body(
     request: Request, model: type[M], *, optional: bool = False
 ) -> ParsedBody[M]:
-    """The body of an operation as ``model`` (rows as a matrix where the fast path took them).
-    Errors are the ones FastAPI would give for a ``model`` body: 400 for malformed JSON, 422
-    with JSON pointers; plus 415 for a media type that is neither JSON nor ``.npy``."""
-    raw = await read_body(request)
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    takes_rows = "instances" in model.model_fields or "data" in model.model_fields
+    """The body of a request as ``model`` (see ``rows_body``)."""
+    headers = request.headers
+    return await rows_body(
+        model,
+        await read_body(request),
+        headers.get("content-type", ""),
+        headers.get(REQUEST_HEADER),
+        optional=optional,
+    )
+
+
+async def rows_body(
+    model: type[M],
+    raw: bytes | bytearray,
+    content_type: str,
+    fields_header: str | None,
+    *,
+    optional: bool = False,
+) -> ParsedBody[M]:
+    """A body of ``content_type`` as ``model`` (rows as a matrix where the fast path took
+    them; ``fields_header``: the ``Lloyd-Request`` header, the other fields of a ``.npy``
+    body). Errors are the ones FastAPI would give for a ``model`` body: 400 for malformed JSON,
+    422 with JSON pointers; plus 415 for a media type that is neither JSON nor ``.npy``."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    takes_rows = _takes_rows(model)
     if media == NPY_MEDIA_TYPE and takes_rows:
-        return _binary(request, model, raw)
+        return _binary(fields_header, model, raw)
     if not is_json_media(media):
         accepted = "application/json" + (f" or {NPY_MEDIA_TYPE}" if takes_rows else "")
         raise UnsupportedMediaType(f"the body must be {accepted}, not {media!r}")
@@ -225,18 +255,20 @@ async def parse_rows_body(
     return _parse_json(model, raw)
 
 
+@functools.cache
+def _takes_rows(model: type[BaseModel]) -> bool:
+    return "instances" in model.model_fields or "data" in model.model_fields
+
+
+@functools.cache
+def _has_instances(model: type[BaseModel]) -> bool:
+    return "instances" in model.model_fields
+
+
 def _parse_json(model: type[M], raw: bytes | bytearray) -> ParsedBody[M]:
-    if "instances" in model.model_fields and (parsed := _fast(model, raw)) is not None:
+    if _has_instances(model) and (parsed := _fast(model, raw)) is not None:
         return parsed
     return ParsedBody(_validate_json(model, raw))
-
-
-def fast_rows_body(model: type[M], raw: bytes) -> ParsedBody[M] | None:
-    """A JSON body with rows when the fast path is certain of it, as ``parse_rows_body`` would
-    read it; else None (``parse_rows_body`` then says what is wrong, if anything)."""
-    if not raw or "instances" not in model.model_fields:
-        return None
-    return _fast(model, raw)
 
 
 @functools.cache
@@ -252,10 +284,10 @@ def _other_fields(model: type[M], fields: dict[str, msgspec.Raw]) -> M:
     return model.model_validate_json(b"{" + members + b', "instances": []}')
 
 
-def _binary(request: Request, model: type[M], raw: bytes | bytearray) -> ParsedBody[M]:
+def _binary(header: str | None, model: type[M], raw: bytes | bytearray) -> ParsedBody[M]:
     """Rows from the ``.npy`` body; the other fields from the ``Lloyd-Request`` header (for a
     training, every field but ``data``)."""
-    fields = request_fields(request.headers.get(REQUEST_HEADER))
+    fields = request_fields(header)
     rows_field = "instances" if "instances" in model.model_fields else "data"
     if {"instances", "records", "data"} & fields.keys():
         raise InvalidInput(

@@ -6,29 +6,28 @@ Each row gives two routes: ``POST /v1/models/{name}/{operation}`` (the latest ve
 row, and guarded like every route (``GuardedRoute``: the key and its scope first). They are
 served by a handler of their own instead of FastAPI's request handling, whose dependency
 resolution and response validation cost more than a 1-row prediction: the version from the
-resolution cache, the body read by ``parse_rows_body`` (rows straight into a float64 matrix,
+resolution cache, the body read by ``rows_body`` (rows straight into a float64 matrix,
 JSON or ``.npy``), translated once into the inference service's input, and the answer written
 as JSON or ``.npy``. Errors are raised, and answered by the app's exception handlers, once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
 from pydantic import BaseModel
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
-from app.api.auth import AUTH_ERRORS, READ, WRITE, GuardedRoute
-from app.api.binary import NPY_MEDIA_TYPE, RESPONSE_HEADER
-from app.api.bodies import ParsedBody, parse_rows_body
+from app.api.auth import A_VALID_KEY, AUTH_ERRORS, READ, WRITE, GuardedRoute, requirement_of
+from app.api.binary import NPY_MEDIA_TYPE, REQUEST_HEADER, RESPONSE_HEADER
+from app.api.bodies import ParsedBody, receive_body, rows_body
 from app.api.deps import NamePath, VersionPath, resolve_version
-from app.api.locations import located, rows_at
+from app.api.locations import rows_at
 from app.api.operation_answer import operation_answer
 from app.api.operations import OperationEntry
 from app.api.schemas import Problem
+from app.errors import LloydError
 from app.registry.model_registry import LATEST
 from app.services.inference import NO_INPUT, OperationInput
 
@@ -94,15 +93,12 @@ def _ok_response() -> dict[str, Any]:
     }
 
 
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-
-
 async def _latest_documented(name: NamePath) -> None:
-    """Documents the latest-version route's parameters; never called (``serve_handler``)."""
+    """Documents the latest-version route's parameters; never called (``serve`` serves)."""
 
 
 async def _version_documented(name: NamePath, version: VersionPath) -> None:
-    """Documents the named-version route's parameters; never called (``serve_handler``)."""
+    """Documents the named-version route's parameters; never called (``serve`` serves)."""
 
 
 class OperationRoute(GuardedRoute):
@@ -135,35 +131,58 @@ class OperationRoute(GuardedRoute):
                 "parameters": [LLOYD_REQUEST_HEADER] if entry.takes_rows else [],
             },
         )
-        # FastAPI's wrapper of a handler opens two exit stacks and a scope of exception
-        # handlers per request, for dependencies and files these routes do not have; their
-        # errors reach the app's exception handlers all the same, one layer out.
-        self.app = _served(self.get_route_handler())
+        # Served by ``serve``, an ASGI app of its own, rather than FastAPI's handler (whose
+        # dependency resolution and response validation cost more than a 1-row prediction):
+        # the guard of every route first, then the operation. Errors reach the app's
+        # exception handlers at the edge, as every route's do.
+        self.requirement = requirement_of(self) or A_VALID_KEY
+        self.app = self.serve
 
-    def serve_handler(self) -> Handler:
-        operation, body_model = self.entry.operation, self.entry.body
-        optional, row_fields = self.entry.body_optional, self.entry.row_fields
-        versioned = self.versioned
+    # In the app's own router, never included through another: Starlette's matching and
+    # handling (a 405 for another method), without FastAPI's look-up of an inclusion context
+    # these routes cannot have.
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = Route.matches(self, scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
 
-        async def serve(request: Request) -> Response:
-            state = request.app.state
-            path = request.path_params
-            ref = path["version"] if versioned else LATEST
-            version = await resolve_version(state.registry, path["name"], ref)
-            parsed = await parse_rows_body(request, body_model, optional=optional)
-            with located(rows_at(parsed.rows_at)):
-                result = await state.inference.perform(version, operation, operation_input(parsed))
-            return operation_answer(row_fields, result, request.headers.get("accept"))
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await Route.handle(self, scope, receive, send)
 
-        return serve
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Each header by its first value, as Starlette reads them.
+        headers = dict(reversed(scope["headers"]))
+        state = scope["app"].state
+        self.requirement.check_header(state, headers.get(b"authorization"))
+        path = scope["path_params"]
+        ref = path["version"] if self.versioned else LATEST
+        version = await resolve_version(state.registry, path["name"], ref)
+        entry = self.entry
+        parsed = await rows_body(
+            entry.body,
+            await receive_body(receive, headers.get(b"content-length")),
+            _text(headers.get(b"content-type")) or "",
+            _text(headers.get(LLOYD_REQUEST)),
+            optional=entry.body_optional,
+        )
+        try:  # (a try costs nothing until it catches; a context manager, a few us)
+            result = await state.inference.perform(
+                version, entry.operation, operation_input(parsed)
+            )
+        except LloydError as exc:
+            exc.relocate(rows_at(parsed.rows_at))
+            raise
+        body, content = operation_answer(entry.row_fields, result, _text(headers.get(b"accept")))
+        await send({"type": "http.response.start", "status": 200, "headers": content})
+        await send({"type": "http.response.body", "body": body})
 
 
-def _served(handler: Handler) -> ASGIApp:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        response = await handler(Request(scope, receive, send))
-        await response(scope, receive, send)
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
-    return app
+
+LLOYD_REQUEST = REQUEST_HEADER.lower().encode()
 
 
 def operation_routes(entries: tuple[OperationEntry, ...]) -> list[OperationRoute]:

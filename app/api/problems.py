@@ -144,5 +144,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(LloydError, lloyd_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
-    # Anything else is answered by app.api.edge, the one place a 500 is written.
+    # app.api.edge answers every error with these, and anything else with its 500.
     _document_problems(app)

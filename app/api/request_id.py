@@ -8,7 +8,6 @@ import os
 import re
 
 from starlette.responses import Response
-from starlette.types import Scope
 
 from app.api.responses import problem
 
@@ -23,13 +22,9 @@ _PREFIX = os.urandom(8).hex()
 _COUNTER = itertools.count(1)
 
 
-def request_id_of(scope: Scope) -> str:
-    """The request's id: the client's ``X-Request-ID`` when it is a sane one, else a new one."""
-    return request_id_from(next((v for k, v in scope["headers"] if k == HEADER), None))
-
-
 def request_id_from(given: bytes | None) -> str:
-    """``request_id_of`` from the ``X-Request-ID`` header's (first) value, if any."""
+    """The request's id: the client's ``X-Request-ID`` (its first value, if any) when it is a
+    sane one, else a new one."""
     if given is not None and _SAFE.match(given):
         return given.decode()
     return f"{_PREFIX}{next(_COUNTER):016x}"

@@ -28,7 +28,7 @@ from app.services.rows import instances_to_array, records_to_array
 from app.settings import Settings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OperationInput:
     """An operation's input. Rows come as exactly one of ``matrix`` (already float64: a
     transport's fast parser or a binary body), ``instances`` or ``records``; none for ``sample``

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.testclient import TestClient
 from sklearn.cluster import KMeans
-from starlette.middleware.exceptions import ExceptionMiddleware
 
 from app.api.edge import Edge
 from app.api.operation_routes import OperationRoute
@@ -110,11 +110,31 @@ def test_the_table_documents_what_it_serves(served):
             assert names == (["name", "version"] if "versions" in path else ["name"])
 
 
-def test_one_layer_ahead_of_the_exception_handlers(served):
+def test_one_layer_ahead_of_the_router(served):
+    # Edge, then FastAPI's exit stack for the files its own handlers open, then the router:
+    # no second layer of errors, limits, ids or metrics.
     stack = served.app.middleware_stack
     assert type(stack) is Edge
-    assert type(stack.app) is ExceptionMiddleware
+    assert type(stack.app) is AsyncExitStackMiddleware
+    assert stack.app.app is served.app.router
     assert served.app.user_middleware == []
+    # Every error class the handlers answer is answered there.
+    assert set(stack.handlers) == {
+        key for key in served.app.exception_handlers if isinstance(key, type)
+    }
+
+
+def test_an_unexpected_error_is_one_500_with_the_request_id(served, monkeypatch, caplog):
+    async def broken(self, version, operation, *args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(InferenceService, "perform", broken)
+    caplog.set_level(logging.INFO, logger="app.errors")
+    response = post(served, "/v1/models/blobs/predict", **{"X-Request-ID": "bug-1"})
+    assert_problem(response, 500, "internal_error")
+    assert response.headers["x-request-id"] == "bug-1"
+    logged = [r for r in caplog.records if r.name == "app.errors"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
 
 
 @pytest.mark.parametrize(
