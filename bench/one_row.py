@@ -74,7 +74,9 @@ def run(folder: Path, key: str, results: bench.Results, args: argparse.Namespace
             bench.measure_wrk(
                 results, "FastAPI floor", f"{server.base}/predict", script, args, False
             )
-        for label, (where, checkout) in services.items():
+        # Each round starts with the other service: neither always follows the floor.
+        order = list(services.items())
+        for label, (where, checkout) in order if number % 2 else order[::-1]:
             serve_round(label, where, checkout, key, data, expected, script, results, args)
         with bench.start_floor("Starlette", folder) as server:
             bench.measure_wrk(

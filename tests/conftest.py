@@ -18,6 +18,40 @@ from app.settings import Settings
 # The S3 server fixtures (moto's, over real HTTP): s3_endpoint, s3_store_url.
 pytest_plugins = ["tests.s3"]
 
+TESTS = Path(__file__).parent
+# Marked `slow` (scripts/test -m "not slow" runs the rest, the fast part, in under a minute):
+# the end-to-end tests, which start real server processes, and the modules whose many tests
+# each train through worker processes in an app of their own, or start Dask or an S3 server.
+SLOW = [
+    TESTS / "e2e",
+    *(
+        TESTS / "api" / f"test_{name}.py"
+        for name in (
+            "detectors_api",
+            "bad_input",
+            "lifecycle",
+            "model_selection",
+            "auth",
+            "jobs",
+            "limits",
+            "models",
+            "request_id",
+            "training_handoff",
+        )
+    ),
+    TESTS / "registry" / "test_model_registry.py",
+    TESTS / "jobs" / "test_dask_executor.py",
+    TESTS / "registry" / "test_s3_store.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(item.path)
+        if any(path == slow or slow in path.parents for slow in SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
 POSTGRES_URL = os.environ.get(
     "LLOYD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
