@@ -102,12 +102,13 @@ def requirement_of(route: APIRoute) -> Requirement | None:
 
 
 class GuardedRoute(APIRoute):
-    """The route class of every router: checks the route's ``Requirement`` first, so that a
-    stranger's request is never parsed, whatever it holds, and no 404 tells it which names
-    exist. The one place the service checks keys. Subclasses serve by ``serve_handler``."""
+    """The route class of every router: checks the route's ``Requirement`` before FastAPI's
+    own handler (body, dependencies, the endpoint), so that a stranger's request is never
+    parsed, whatever it holds, and no 404 tells it which names exist. (The operations' routes,
+    a subclass that serves by itself, check the same ``Requirement`` first too.)"""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        serve = self.serve_handler()
+        serve = super().get_route_handler()
         requirement = requirement_of(self)
         if requirement is None:
             return serve
@@ -117,11 +118,6 @@ class GuardedRoute(APIRoute):
             return await serve(request)
 
         return guarded
-
-    def serve_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """What answers the request once it may be answered: FastAPI's own handler (body,
-        dependencies, the endpoint, its response model)."""
-        return super().get_route_handler()
 
 
 AUTH_ERRORS: dict[int | str, dict] = {

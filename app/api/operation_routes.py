@@ -3,12 +3,12 @@ operations table (``app.api.operations``), which serves and documents it.
 
 Each row gives two routes: ``POST /v1/models/{name}/{operation}`` (the latest version) and
 ``.../versions/{version}/{operation}``. They are FastAPI routes, documented by FastAPI from the
-row, and guarded like every route (``GuardedRoute``: the key and its scope first). They are
-served by a handler of their own instead of FastAPI's request handling, whose dependency
-resolution and response validation cost more than a 1-row prediction: the version from the
-resolution cache, the body read by ``rows_body`` (rows straight into a float64 matrix,
-JSON or ``.npy``), translated once into the inference service's input, and the answer written
-as JSON or ``.npy``. Errors are raised, and answered by the app's exception handlers, once.
+row, and guarded like every route (the route's ``Requirement``: the key and its scope first).
+They serve as ASGI apps of their own instead of through FastAPI's request handling, whose
+dependency resolution and response validation cost more than a 1-row prediction: the version
+from the resolution cache, the body read by ``rows_body`` (rows straight into a float64
+matrix, JSON or ``.npy``), translated once into the inference service's input, and the answer
+written as JSON or ``.npy``. Errors are raised, and answered at the edge, once.
 """
 
 from __future__ import annotations
