@@ -13,6 +13,7 @@ written as JSON or ``.npy``. Errors are raised, and answered at the edge, once.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import BaseModel
@@ -185,13 +186,17 @@ def _text(value: bytes | None) -> str | None:
 LLOYD_REQUEST = REQUEST_HEADER.lower().encode()
 
 
-def operation_routes(entries: tuple[OperationEntry, ...]) -> list[OperationRoute]:
-    """Both routes of every entry."""
-    return [
+@functools.cache
+def operation_routes(entries: tuple[OperationEntry, ...]) -> tuple[OperationRoute, ...]:
+    """Both routes of every entry, built once per process: a route holds no state of an app
+    (it reads the app's from the request's scope), as the routers' routes, which every app
+    includes, do not; and building them (FastAPI's fields of every documented answer) costs
+    more than the rest of ``create_app``."""
+    return tuple(
         OperationRoute(entry, versioned=versioned)
         for entry in entries
         for versioned in (False, True)
-    ]
+    )
 
 
 # The body fields that are options of the inference service's input.
