@@ -38,7 +38,24 @@ class AnomalyThreshold:
     @classmethod
     def fit(cls, scores: np.ndarray, contamination: float) -> AnomalyThreshold:
         scores = np.sort(np.asarray(scores, dtype=np.float64))
-        threshold = float(np.quantile(scores, 1.0 - contamination))
+        return cls._of(scores, contamination, float(np.quantile(scores, 1.0 - contamination)))
+
+    @classmethod
+    def at(cls, scores: np.ndarray, threshold: float, *, rule: str) -> AnomalyThreshold:
+        """A threshold the model itself defines (``rule`` says how), rather than a quantile:
+        its contamination is then the share of training scores above it."""
+        scores = np.sort(np.asarray(scores, dtype=np.float64))
+        contamination = float(np.mean(scores > threshold))
+        return cls._of(scores, contamination, float(threshold), {"threshold_rule": rule})
+
+    @classmethod
+    def _of(
+        cls,
+        scores: np.ndarray,
+        contamination: float,
+        threshold: float,
+        rule: dict[str, str] | None = None,
+    ) -> AnomalyThreshold:
         exact = len(scores) <= REFERENCE_SIZE
         reference = scores if exact else np.quantile(scores, np.linspace(0.0, 1.0, REFERENCE_SIZE))
         summary = {
@@ -53,6 +70,7 @@ class AnomalyThreshold:
                 )
             },
             "percentiles": "exact" if exact else f"interpolated from {REFERENCE_SIZE} quantiles",
+            **(rule or {}),
         }
         return cls(contamination, threshold, reference, exact, len(scores), summary)
 

@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import DBSCAN
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+
+from app.ml.inductive import INDUCTIVE_CONSTRAINTS, NOISE, Clustering, InductiveClusterer
 
 # Metrics that both DBSCAN and KNeighborsClassifier accept on dense float arrays; "precomputed"
 # and callables are deliberately absent, a server must not take them from a client.
@@ -20,18 +19,16 @@ DBSCAN_METRICS = frozenset(
 )
 
 
-class DBSCANKNN(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # scikit-learn has no types
-    """DBSCAN whose clusters can be assigned to new points.
+class DBSCANKNN(InductiveClusterer):
+    """DBSCAN whose clusters can be assigned to new points (see :mod:`app.ml.inductive`).
 
-    ``fit`` runs :class:`sklearn.cluster.DBSCAN`, then fits a
-    :class:`sklearn.neighbors.KNeighborsClassifier` on the core samples and their cluster labels.
-    ``predict`` gives a new point the label the classifier votes for, or ``-1`` (noise) when its
-    nearest core sample is farther than ``max_distance`` (``eps`` when ``None``): exactly DBSCAN's
-    rule for a border point. ``n_neighbors`` is capped by the number of core samples.
+    ``fit`` runs :class:`sklearn.cluster.DBSCAN`; the anchors are its core samples. A new point
+    takes the label the classifier votes for, or ``-1`` (noise) when its nearest core sample is
+    farther than ``max_distance`` (``eps`` when ``None``): exactly DBSCAN's rule for a border
+    point. ``n_neighbors`` is capped by the number of core samples.
 
-    Fitted attributes: ``labels_`` (DBSCAN's training labels), ``core_sample_indices_``,
-    ``components_`` (the core samples), ``classes_`` (the cluster labels), ``knn_``,
-    ``n_neighbors_`` and ``max_distance_`` (the effective values), ``n_features_in_``.
+    Fitted attributes, besides the inductive ones: ``core_sample_indices_`` and ``components_``
+    (the core samples, DBSCAN's own; ``anchors_`` is the same array).
     """
 
     _parameter_constraints: dict[str, list[Any]] = {  # noqa: RUF012 - scikit-learn's own convention
@@ -41,9 +38,7 @@ class DBSCANKNN(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # scikit-le
         "algorithm": [StrOptions({"auto", "ball_tree", "kd_tree", "brute"})],
         "leaf_size": [Interval(Integral, 1, None, closed="left")],
         "p": [Interval(Real, 1.0, None, closed="left"), None],
-        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
-        "weights": [StrOptions({"uniform", "distance"})],
-        "max_distance": [Interval(Real, 0.0, None, closed="left"), None],
+        **INDUCTIVE_CONSTRAINTS,
     }
 
     def __init__(
@@ -69,10 +64,7 @@ class DBSCANKNN(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # scikit-le
         self.weights = weights
         self.max_distance = max_distance
 
-    def fit(self, X: ArrayLike, y: object = None) -> DBSCANKNN:
-        """Run DBSCAN on ``X`` and fit the classifier on its core samples."""
-        self._validate_params()
-        X = validate_data(self, X, dtype=np.float64)
+    def _cluster(self, X: NDArray[np.float64]) -> Clustering:
         dbscan = DBSCAN(
             eps=self.eps,
             min_samples=self.min_samples,
@@ -81,51 +73,40 @@ class DBSCANKNN(ClusterMixin, BaseEstimator):  # type: ignore[misc]  # scikit-le
             leaf_size=self.leaf_size,
             p=self.p,
         ).fit(X)
-        self.labels_ = dbscan.labels_
         self.core_sample_indices_ = dbscan.core_sample_indices_
         self.components_ = dbscan.components_
-        if len(self.core_sample_indices_) == 0:
-            raise ValueError(
-                f"DBSCAN found no core samples (eps={self.eps}, min_samples={self.min_samples}): "
-                "every point is noise, so there is nothing to assign new points to; "
-                "raise eps or lower min_samples"
-            )
-        core_labels = self.labels_[self.core_sample_indices_]
-        self.n_neighbors_ = min(self.n_neighbors, len(self.core_sample_indices_))
-        self.max_distance_ = float(self.eps if self.max_distance is None else self.max_distance)
-        self.knn_ = KNeighborsClassifier(
-            n_neighbors=self.n_neighbors_,
-            weights=self.weights,
-            algorithm=self.algorithm,
-            leaf_size=self.leaf_size,
-            metric=self.metric,
-            p=2 if self.p is None else self.p,
-        ).fit(self.components_, core_labels)
-        self.classes_ = self.knn_.classes_
-        return self
+        # The classifier learns components_ itself: one array, stored once in an artifact.
+        return Clustering(dbscan.labels_, dbscan.core_sample_indices_, dbscan.components_)
 
-    def _validated(self, X: ArrayLike) -> NDArray[np.float64]:
-        check_is_fitted(self, "knn_")
-        rows: NDArray[np.float64] = validate_data(self, X, dtype=np.float64, reset=False)
-        return rows
+    def _no_anchors(self) -> str:
+        return (
+            f"DBSCAN found no core samples (eps={self.eps}, min_samples={self.min_samples}): "
+            "every point is noise, so there is nothing to assign new points to; "
+            "raise eps or lower min_samples"
+        )
+
+    def distance_metric(self) -> tuple[str, float]:
+        return self.metric, 2.0 if self.p is None else float(self.p)
+
+    def _classifier_options(self) -> dict[str, Any]:
+        return {"algorithm": self.algorithm, "leaf_size": self.leaf_size}
+
+    def _default_max_distance(self) -> float:
+        return float(self.eps)
 
     def core_distance(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Distance from each row to its nearest core sample."""
-        X = self._validated(X)
-        distances: NDArray[np.float64]
-        distances, _ = self.knn_.kneighbors(X, n_neighbors=1)
-        return distances[:, 0]
+        """Distance from each row to its nearest core sample (its anchor distance)."""
+        return self.anchor_distance(X)
 
-    def predict(self, X: ArrayLike) -> NDArray[np.intp]:
-        """Cluster label of each row, ``-1`` beyond ``max_distance`` of every core sample."""
-        X = self._validated(X)
-        labels: NDArray[np.intp] = self.knn_.predict(X)
-        distances: NDArray[np.float64]
-        distances, _ = self.knn_.kneighbors(X, n_neighbors=1)
-        return np.where(distances[:, 0] > self.max_distance_, -1, labels)
-
-    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
-        """The classifier's vote shares over ``classes_`` among the nearest core samples."""
-        X = self._validated(X)  # first: it raises NotFittedError before knn_ is read
-        proba: NDArray[np.float64] = self.knn_.predict_proba(X)
-        return proba
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Artifacts written before the inductive clusterers shared one mechanism hold DBSCAN's
+        core samples only as ``core_sample_indices_`` and ``components_``, and ``classes_``
+        without the noise class: the same model, in the names the mechanism reads now."""
+        if "knn_" in state and "anchor_indices_" not in state:
+            state = dict(state)
+            state["anchor_indices_"] = state["core_sample_indices_"]
+            state["anchors_"] = state["components_"]
+            classes = np.asarray(state["classes_"])
+            if len(classes) == 0 or classes[0] != NOISE:
+                state["classes_"] = np.concatenate([[NOISE], classes])
+        super().__setstate__(state)

@@ -16,3 +16,12 @@ class FitError(ValueError):
 
 class InferenceInputError(ValueError):
     """The rows posted for inference do not fit the model (wrong width, ...)."""
+
+
+class TrainingRowsError(ValueError):
+    """More training rows than the algorithm takes (its memory grows with their square)."""
+
+    def __init__(self, message: str, *, n_rows: int, limit: int) -> None:
+        super().__init__(message)
+        self.n_rows = n_rows
+        self.limit = limit

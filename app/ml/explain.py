@@ -3,15 +3,17 @@
 Exact decompositions where the score has one and the preprocessing maps each model feature to
 one original feature (none, or standard scaling):
 
-- k-means: the squared difference to the nearest centroid, per feature; the terms sum to the
-  squared distance (the anomaly score squared).
+- k-means, mean-shift, affinity propagation, BIRCH: the squared difference to the nearest
+  centroid (exemplar, subcluster centre), per feature; the terms sum to the squared distance
+  (the anomaly score squared).
 - Gaussian mixtures: the per-feature terms ``d_i * (P d)_i`` of the squared Mahalanobis
   distance to the most responsible component (``d`` the difference to its mean, ``P`` its
   precision matrix); the terms sum to the squared distance. With full or tied covariances a
   term can be negative (a feature that correlates against the others).
 - PCA reconstruction: the per-feature squared reconstruction error; the terms sum to the
   anomaly score.
-- DBSCAN with the euclidean metric: the squared difference to the nearest core sample.
+- DBSCAN, agglomerative, spectral and HDBSCAN with the euclidean metric: the squared difference
+  to the nearest anchor (DBSCAN's core sample, the others' clustered training row).
 
 Every other case (the detectors whose score has no per-feature form, or a PCA in the
 preprocessing) uses median substitution: a feature's contribution is how much the anomaly score
@@ -28,7 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.preprocessing import StandardScaler
 
-from app.ml.dbscan_knn import DBSCANKNN
+from app.ml.cluster_centers import center_distances, centers_of
+from app.ml.inductive import InductiveClusterer
 from app.ml.model import FittedModel
 from app.ml.pca_reconstruction import PCAReconstruction
 
@@ -63,6 +66,16 @@ def _mahalanobis_terms(est: Any, Xt: np.ndarray) -> np.ndarray:
     return diff**2 * precisions[component][:, None]  # spherical
 
 
+def _anchor_terms(est: InductiveClusterer, Xt: np.ndarray) -> Explanation | None:
+    metric, p = est.distance_metric()
+    if metric not in ("euclidean", "l2") and not (metric == "minkowski" and p == 2):
+        return None
+    _, index = est.knn_.kneighbors(Xt, n_neighbors=1)
+    terms = (Xt - est.anchors_[index[:, 0]]) ** 2
+    what = "core sample" if hasattr(est, "core_sample_indices_") else "clustered training row"
+    return Explanation("exact", f"squared distance to the nearest {what}", terms)
+
+
 def exact_terms(model: FittedModel, X: np.ndarray) -> Explanation | None:
     """The exact decomposition, or None where the model has none."""
     if not _feature_wise(model):
@@ -71,17 +84,12 @@ def exact_terms(model: FittedModel, X: np.ndarray) -> Explanation | None:
     Xt = model.model_space(X)
     if isinstance(est, PCAReconstruction):
         return Explanation("exact", "squared reconstruction error", est.reconstruction_errors(Xt))
-    if isinstance(est, DBSCANKNN):
-        if est.metric not in ("euclidean", "l2") and not (
-            est.metric == "minkowski" and est.p in (None, 2)
-        ):
-            return None
-        _, index = est.knn_.kneighbors(Xt, n_neighbors=1)
-        terms = (Xt - est.components_[index[:, 0]]) ** 2
-        return Explanation("exact", "squared distance to the nearest core sample", terms)
-    if hasattr(est, "cluster_centers_"):
-        nearest = est.transform(Xt).argmin(axis=1)
-        terms = (Xt - est.cluster_centers_[nearest]) ** 2
+    if isinstance(est, InductiveClusterer):
+        return _anchor_terms(est, Xt)
+    centers = centers_of(est)
+    if centers is not None:
+        nearest = center_distances(est, Xt).argmin(axis=1)
+        terms = (Xt - centers[nearest]) ** 2
         return Explanation("exact", "squared distance to the nearest centroid", terms)
     if model.family == "mixture":
         return Explanation(

@@ -11,12 +11,12 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
+from sklearn.cluster import AffinityPropagation
+from sklearn.exceptions import ConvergenceWarning
 
-from app.ml.anomaly import AnomalyThreshold
 from app.ml.catalog import Algorithm
-from app.ml.cluster_separation import separation_metrics
+from app.ml.clustering_metrics import cluster_sizes, clustering_metrics
 from app.ml.column_medians import column_medians
-from app.ml.dbscan_knn import DBSCANKNN
 from app.ml.exceptions import FitError
 from app.ml.fast_inference import FastGaussianMixture
 from app.ml.model import FittedModel
@@ -65,11 +65,12 @@ class _Fit:
 def _fit_once(
     algorithm: Algorithm, params: dict[str, Any], preprocessing: list[dict[str, Any]], X: np.ndarray
 ) -> _Fit:
+    algorithm.check_training_rows(len(X))
     estimator = algorithm.build(params)
     preprocessor = build_preprocessor(preprocessing)
     if algorithm.n_clusters_param:
         k = estimator.get_params()[algorithm.n_clusters_param]
-        if k > len(X):
+        if isinstance(k, int) and k > len(X):  # BIRCH and agglomerative take None too
             raise FitError(f"{algorithm.n_clusters_param}={k} is more than the {len(X)} rows")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -82,7 +83,22 @@ def _fit_once(
             # object or with objects inside; scikit-learn's constraints only look at its outside.
             raise FitError(str(exc)) from exc
         seconds = time.perf_counter() - started
+        _refuse_unconverged(estimator, caught)
     return _Fit(estimator, preprocessor, Xt, seconds, sorted({str(w.message) for w in caught}))
+
+
+def _refuse_unconverged(estimator: Any, caught: list[warnings.WarningMessage]) -> None:
+    """Affinity propagation that did not converge warns and keeps whatever exemplars it had,
+    which scikit-learn itself calls degenerate (or none: then it labels every row -1). That is
+    no model to store."""
+    if isinstance(estimator, AffinityPropagation) and any(
+        issubclass(w.category, ConvergenceWarning) for w in caught
+    ):
+        raise FitError(
+            f"affinity propagation did not converge in max_iter={estimator.max_iter} "
+            f"iterations (damping={estimator.damping}): its exemplars would be degenerate; "
+            "raise max_iter, or damping toward 0.9"
+        )
 
 
 @dataclass(frozen=True)
@@ -104,7 +120,7 @@ def _training_scores(model: FittedModel, Xt: np.ndarray) -> _Scored:
             log_density, labels = fast.log_density_and_labels(Xt)
             scores = -log_density  # the mixtures' anomaly score, as anomaly_scores gives it
         else:
-            scores = model.anomaly_scores_in_model_space(Xt, fast)
+            scores = model.training_anomaly_scores(Xt, fast)
     if not np.all(np.isfinite(scores)):
         raise FitError(
             "the anomaly scores of the training rows overflow (values too large for float64)"
@@ -149,7 +165,7 @@ def fit_model(
         model = model_of(fit)
         scored = fit_scored = _training_scores(model, fit.Xt)
         scores = scored.scores
-        threshold = AnomalyThreshold.fit(scores, contamination)
+        threshold = model.calibrated_threshold(scores, contamination)
         seconds, fit_warnings = fit.seconds, fit.warnings
         refit: dict[str, Any] | None = None
         if refit_without_outliers:
@@ -165,15 +181,16 @@ def fit_model(
                 model = model_of(fit)
                 scored = _training_scores(model, model.model_space(X))
                 scores = scored.scores
-                threshold = AnomalyThreshold.fit(scores, contamination)
+                threshold = model.calibrated_threshold(scores, contamination)
                 fit_scored = _training_scores(model, fit.Xt)
         model.anomaly = threshold  # the model's scores were needed first
+        model.mixture_labels = _mixture_labels(model, fit.Xt, fit_scored.labels)
         try:
             # Detectors report the scores the threshold was drawn from (every posted row); the
             # other families' metrics are of the rows fitted on.
             metric_scores = scored if model.family == "anomaly" else fit_scored
             metrics = training_metrics(
-                model, fit.Xt, metric_scores.scores, labels=metric_scores.labels
+                model, fit.Xt, metric_scores.scores, labels=model.mixture_labels
             )
         except ValueError as exc:
             raise FitError(str(exc)) from exc
@@ -188,9 +205,17 @@ def fit_model(
     return FitResult(model, plain(resolved), plain(metrics), seconds)
 
 
-def _cluster_sizes(labels: np.ndarray, n_clusters: int) -> list[int]:
-    sizes: list[int] = np.bincount(labels[labels >= 0], minlength=n_clusters).tolist()
-    return sizes
+def _mixture_labels(
+    model: FittedModel, Xt: np.ndarray, known: np.ndarray | None
+) -> np.ndarray | None:
+    """A mixture's training labels (its estimator keeps none): ``known`` when the fast path
+    gave them with the scores, else its predict on the rows fitted on. None for the others."""
+    if model.family != "mixture":
+        return None
+    if known is not None:
+        return known
+    labels: np.ndarray = (model.fast_estimator_for(Xt) or model.estimator).predict(Xt)
+    return labels
 
 
 def training_metrics(
@@ -198,8 +223,6 @@ def training_metrics(
 ) -> dict[str, Any]:
     """Metrics by family, on the rows fitted on (in model space); ``scores`` are the anomaly
     scores of the training rows, ``labels`` their mixture components when already known."""
-    est = model.estimator
-    n = len(Xt)
     if model.family == "anomaly":
         return {
             "anomaly_score_mean": float(np.mean(scores)),
@@ -208,46 +231,38 @@ def training_metrics(
             "anomaly_score_max": float(np.max(scores)),
             **{k: v for k, v in model.parameters().items() if k.startswith("n_")},
         }
-    if isinstance(est, DBSCANKNN):
-        labels = est.labels_
-        n_clusters = len(set(labels.tolist()) - {-1})
-        return {
-            "n_clusters": n_clusters,
-            "n_core_samples": len(est.core_sample_indices_),
-            "noise_ratio": float(np.mean(labels == -1)),
-            "cluster_sizes": _cluster_sizes(labels, n_clusters),
-        }
-    if model.family == "mixture":
-        # ``scores`` are minus the rows' log-densities (scikit-learn's score_samples, negated
-        # exactly): score, BIC and AIC follow with scikit-learn's own formulas, bit for bit,
-        # without three more passes over the rows.
-        if labels is None:
-            labels = (model.fast_estimator_for(Xt) or est).predict(Xt)
-        score = float(np.mean(-scores))
-        out: dict[str, Any] = {
-            "log_likelihood": score * n,
-            "converged": bool(est.converged_),
-            "n_iter": int(est.n_iter_),
-            "lower_bound": float(est.lower_bound_),
-            "cluster_sizes": _cluster_sizes(labels, len(est.weights_)),
-        }
-        if hasattr(est, "bic"):
-            parameters = est._n_parameters()
-            out = {
-                "bic": -2 * score * n + parameters * math.log(n),
-                "aic": -2 * score * n + 2 * parameters,
-                **out,
-            }
-        else:
-            out["effective_components"] = int(np.sum(est.weights_ > EFFECTIVE_WEIGHT))
-            out["weights"] = est.weights_
-        return out
-    labels = getattr(est, "labels_", None)
+    if model.family == "clustering":
+        return clustering_metrics(model.estimator, Xt)
+    return _mixture_metrics(model, Xt, scores, labels)
+
+
+def _mixture_metrics(
+    model: FittedModel, Xt: np.ndarray, scores: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    est = model.estimator
+    n = len(Xt)
+    # ``scores`` are minus the rows' log-densities (scikit-learn's score_samples, negated
+    # exactly): score, BIC and AIC follow with scikit-learn's own formulas, bit for bit,
+    # without three more passes over the rows.
     if labels is None:
-        labels = est.predict(Xt)
-    return {
-        "inertia": float(est.inertia_),
-        **separation_metrics(Xt, labels),
+        labels = _mixture_labels(model, Xt, None)
+        assert labels is not None
+    score = float(np.mean(-scores))
+    out: dict[str, Any] = {
+        "log_likelihood": score * n,
+        "converged": bool(est.converged_),
         "n_iter": int(est.n_iter_),
-        "cluster_sizes": _cluster_sizes(labels, len(est.cluster_centers_)),
+        "lower_bound": float(est.lower_bound_),
+        "cluster_sizes": cluster_sizes(labels, len(est.weights_)),
     }
+    if hasattr(est, "bic"):
+        parameters = est._n_parameters()
+        out = {
+            "bic": -2 * score * n + parameters * math.log(n),
+            "aic": -2 * score * n + 2 * parameters,
+            **out,
+        }
+    else:
+        out["effective_components"] = int(np.sum(est.weights_ > EFFECTIVE_WEIGHT))
+        out["weights"] = est.weights_
+    return out

@@ -11,10 +11,15 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 
 from app.ml.anomaly import AnomalyThreshold
-from app.ml.dbscan_knn import DBSCANKNN
+from app.ml.cluster_centers import center_distances, centers_of
 from app.ml.exceptions import InferenceInputError
 from app.ml.fast_inference import FastInference, compile_fast
 from app.ml.finite import all_finite
+from app.ml.fitted_parameters import estimator_parameters, preprocessing_parameters
+from app.ml.inductive import InductiveClusterer
+
+# How the stored threshold of an inductive clusterer is drawn (its version's anomaly summary).
+NOISE_BOUNDARY = "max_distance: a row is an anomaly exactly when predict calls it noise (-1)"
 
 
 @dataclass(eq=False)
@@ -31,6 +36,9 @@ class FittedModel:
     # Per original feature, the training median: the reference of median-substitution
     # explanations. None in artifacts written before explanations existed.
     training_medians: np.ndarray | None = None
+    # A mixture's training labels (its components of the rows fitted on), which its estimator
+    # does not keep; every clusterer's are its estimator's labels_. See training_labels.
+    mixture_labels: np.ndarray | None = None
     # Drawn from the training rows' anomaly scores, which need the model itself: fit_model sets
     # it once they are known, before the model leaves it.
     anomaly: AnomalyThreshold = field(init=False)
@@ -97,10 +105,11 @@ class FittedModel:
     def _estimate_cost_per_row(self) -> int:
         est = self.estimator
         d = self.n_features_in
-        if isinstance(est, DBSCANKNN):
-            return d * len(est.core_sample_indices_)
-        if hasattr(est, "cluster_centers_"):
-            return d * len(est.cluster_centers_)
+        if isinstance(est, InductiveClusterer):
+            return d * len(est.anchor_indices_)
+        centers = centers_of(est)
+        if centers is not None:
+            return d * len(centers)
         if hasattr(est, "means_"):
             return d * d * len(est.means_)
         if hasattr(est, "support_vectors_"):
@@ -146,17 +155,45 @@ class FittedModel:
     def anomaly_scores_in_model_space(
         self, Xt: np.ndarray, fast: FastInference | None = None
     ) -> np.ndarray:
-        """Higher is more anomalous: distance to the nearest centroid (k-means), to the nearest
-        core sample (DBSCAN), the negative log-density (mixtures), minus scikit-learn's
-        ``score_samples`` (detectors: for PCA reconstruction, the squared error)."""
+        """Higher is more anomalous: distance to the nearest centroid (k-means, mean-shift),
+        exemplar (affinity propagation) or subcluster (BIRCH); to the nearest anchor of an
+        inductive clusterer (DBSCAN's core samples, the clustered rows of the others); the
+        negative log-density (mixtures); minus scikit-learn's ``score_samples`` (detectors: for
+        PCA reconstruction, the squared error)."""
         est = fast or self.estimator
-        if isinstance(est, DBSCANKNN):
-            return est.core_distance(Xt)
+        if isinstance(est, InductiveClusterer):
+            return est.anchor_distance(Xt)
         if self.family in ("mixture", "anomaly"):
             # scikit-learn's score_samples is "higher is more normal" for both.
             return -est.score_samples(Xt)
-        nearest: np.ndarray = est.transform(Xt).min(axis=1)
+        nearest: np.ndarray = center_distances(est, Xt).min(axis=1)
         return nearest
+
+    def training_anomaly_scores(
+        self, Xt: np.ndarray, fast: FastInference | None = None
+    ) -> np.ndarray:
+        """The anomaly scores of training rows (in model space), which the threshold and the
+        percentiles are drawn from. An inductive clusterer's rows are scored as if each were new
+        (left out of the anchors it is one of): its own distance, 0, says nothing."""
+        if isinstance(self.estimator, InductiveClusterer):
+            return self.estimator.leave_one_out_distance(Xt)
+        return self.anomaly_scores_in_model_space(Xt, fast)
+
+    def calibrated_threshold(self, scores: np.ndarray, contamination: float) -> AnomalyThreshold:
+        """The stored threshold of these training scores: their ``1 - contamination`` quantile,
+        or, for an inductive clusterer, its noise boundary ``max_distance_``, so that
+        ``anomalies`` and ``predict``'s ``-1`` agree whatever the training set (its
+        contamination is then the share of training rows beyond it)."""
+        if isinstance(self.estimator, InductiveClusterer):
+            return AnomalyThreshold.at(scores, self.estimator.max_distance_, rule=NOISE_BOUNDARY)
+        return AnomalyThreshold.fit(scores, contamination)
+
+    @property
+    def training_labels(self) -> np.ndarray | None:
+        """The label of every row fitted on: scikit-learn's ``fit_predict`` on them (noise
+        ``-1``); a mixture's most probable component. None for the detectors."""
+        labels: np.ndarray | None = getattr(self.estimator, "labels_", None)
+        return labels if labels is not None else self.mixture_labels
 
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
         fast, Xt = self._prepared(X)
@@ -178,75 +215,18 @@ class FittedModel:
         return float(self.estimator.aic(self.model_space(X)))
 
     # -- inspection ----------------------------------------------------------------------------
-    def parameters(self) -> dict[str, Any]:
-        """The fitted parameters, as plain JSON-ready values."""
-        est = self.estimator
-        out: dict[str, Any] = {}
-        if isinstance(est, DBSCANKNN):
-            out |= {
-                "n_core_samples": len(est.core_sample_indices_),
-                "classes": est.classes_.tolist(),
-                "eps": float(est.eps),
-                "max_distance": est.max_distance_,
-                "n_neighbors": est.n_neighbors_,
-            }
-        elif hasattr(est, "cluster_centers_"):
-            out["n_clusters"] = len(est.cluster_centers_)
-            out["cluster_centers"] = est.cluster_centers_.tolist()
-            if self.preprocessor is not None:
-                out["cluster_centers_input_space"] = self.preprocessor.inverse_transform(
-                    est.cluster_centers_
-                ).tolist()
-        elif hasattr(est, "means_"):
-            out |= {
-                "n_components": len(est.weights_),
-                "covariance_type": est.covariance_type,
-                "weights": est.weights_.tolist(),
-                "means": est.means_.tolist(),
-                "covariances": est.covariances_.tolist(),
-            }
-            if self.preprocessor is not None:
-                out["means_input_space"] = self.preprocessor.inverse_transform(est.means_).tolist()
-        if self.family == "anomaly":
-            out |= _detector_parameters(est)
+    def parameters(self, *, core_sample_indices: bool = False) -> dict[str, Any]:
+        """The fitted parameters, as plain JSON-ready values (DBSCAN's core sample indices with
+        ``core_sample_indices`` only)."""
+        out = estimator_parameters(
+            self.estimator,
+            self.preprocessor,
+            self.family,
+            core_sample_indices=core_sample_indices,
+        )
         out["anomaly"] = {
             "contamination": self.anomaly.contamination,
             "threshold": self.anomaly.threshold,
         }
-        out["preprocessing"] = self._preprocessing_parameters()
+        out["preprocessing"] = preprocessing_parameters(self.preprocessor)
         return out
-
-    def _preprocessing_parameters(self) -> list[dict[str, Any]]:
-        if self.preprocessor is None:
-            return []
-        steps = []
-        for name, step in self.preprocessor.steps:
-            entry: dict[str, Any] = {"step": name.split("_", 1)[1]}
-            for attr in ("mean_", "scale_", "components_", "explained_variance_ratio_"):
-                value = getattr(step, attr, None)
-                if value is not None:
-                    entry[attr.rstrip("_")] = np.asarray(value).tolist()
-            if hasattr(step, "n_components_"):
-                entry["n_components"] = int(step.n_components_)
-            steps.append(entry)
-        return steps
-
-
-def _detector_parameters(est: BaseEstimator) -> dict[str, Any]:
-    """What each detector learnt, in a size that stays small whatever the training set."""
-    if hasattr(est, "support_vectors_"):
-        return {"n_support_vectors": len(est.support_vectors_), "offset": float(est.offset_[0])}
-    if hasattr(est, "estimators_"):
-        return {"n_estimators": len(est.estimators_), "max_samples": int(est.max_samples_)}
-    if hasattr(est, "n_samples_fit_"):
-        return {"n_neighbors": int(est.n_neighbors_), "n_samples_fit": int(est.n_samples_fit_)}
-    if hasattr(est, "location_"):
-        return {"location": est.location_.tolist(), "covariance": est.covariance_.tolist()}
-    if hasattr(est, "pca_"):
-        return {
-            "n_components": est.n_components_,
-            "components": est.pca_.components_.tolist(),
-            "mean": est.pca_.mean_.tolist(),
-            "explained_variance_ratio": est.pca_.explained_variance_ratio_.tolist(),
-        }
-    return {}

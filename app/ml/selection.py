@@ -14,6 +14,7 @@ from app.ml.catalog import Algorithm
 from app.ml.cluster_separation import SILHOUETTE_SAMPLE_SIZE
 from app.ml.exceptions import HyperparameterError
 from app.ml.fitting import FitResult, fit_model, plain
+from app.ml.inductive import NOISE
 
 # Per algorithm: which metric ranks candidates under each criterion, and in which direction.
 CRITERIA: dict[str, dict[str, str]] = {
@@ -27,7 +28,16 @@ CRITERIA: dict[str, dict[str, str]] = {
     "bayesian_gaussian_mixture": {"lower_bound": "max", "log_likelihood": "max"},
 }
 CRITERIA["minibatch_kmeans"] = CRITERIA["kmeans"]
+# The clusterers with no inertia: their grid (BIRCH's threshold, HDBSCAN's min_cluster_size,
+# agglomerative's n_clusters) is judged by the separation of the clusters it finds.
+for _name in ("birch", "agglomerative", "hdbscan"):
+    CRITERIA[_name] = {"silhouette": "max", "davies_bouldin": "min", "calinski_harabasz": "max"}
 SELECTABLE = tuple(CRITERIA)
+ELBOW_METHOD = (
+    "slope ratio: the k where the fall of the inertia curve slows the most, the slope into k "
+    "over the slope out of it (the chapter's reading: the inertia drops fast up to k, then "
+    "much more slowly)"
+)
 
 
 @dataclass(frozen=True)
@@ -128,29 +138,55 @@ def evaluate_candidate(
     if diagram:
         model = result.model
         Xt = model.model_space(X)
-        silhouettes = silhouette_diagram(Xt, model.estimator.predict(Xt))
+        labels = model.training_labels
+        if labels is None:
+            labels = model.estimator.predict(Xt)
+        clustered = labels != NOISE  # noise is no cluster of the diagram
+        silhouettes = silhouette_diagram(np.ascontiguousarray(Xt[clustered]), labels[clustered])
     return result, silhouettes
 
 
-def elbow(ks: list[float], inertias: list[float]) -> float | None:
-    """The elbow of a decreasing curve: the point farthest from the straight line joining its
-    ends (both axes scaled to [0, 1])."""
+def elbow_curve(ks: list[float], inertias: list[float]) -> dict[str, Any] | None:
+    """The elbow of a decreasing curve, and the curve it was read from (sorted by k).
+
+    Per inner point, the slope ratio: how fast the curve falls into k (per unit of k) over how
+    fast it falls out of it; the elbow is the k of the largest. The ratio only looks at a point
+    and its two neighbours, so the elbow does not move with where the grid starts or ends (a
+    chord or a rescaling to the unit square, as Kneedle does, moves it: on the chapter's five
+    blobs, k = 1..9 gave 3 and 2..9 gave 4). ``slope_ratio`` is null at both ends and where the
+    ratio is not a number: where the curve does not fall into k (no elbow there), or does not
+    fall out of it (the curve stops falling: the strongest elbow, taken first). None for fewer
+    than 3 points."""
     if len(ks) < 3:
         return None
-    x = np.asarray(ks, dtype=float)
-    y = np.asarray(inertias, dtype=float)
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    x = (x - x[0]) / (x[-1] - x[0]) if x[-1] != x[0] else x * 0
-    span = y.max() - y.min()
-    y = (y - y.min()) / span if span else y * 0
-    # Distance of each point to the chord from the first to the last point.
-    chord = np.array([x[-1] - x[0], y[-1] - y[0]])
-    norm = np.hypot(*chord)
-    if norm == 0:
+    order = np.argsort(np.asarray(ks, dtype=float), kind="stable")
+    x = np.asarray(ks, dtype=float)[order]
+    y = np.asarray(inertias, dtype=float)[order]
+    slopes = -np.diff(y) / np.diff(x)
+    ratios: list[float | None] = [None] * len(x)
+    best, best_ratio = None, -np.inf
+    for i in range(1, len(x) - 1):
+        into, out_of = slopes[i - 1], slopes[i]
+        if not into > 0:
+            continue
+        ratio = into / out_of if out_of > 0 else np.inf
+        ratios[i] = float(ratio) if np.isfinite(ratio) else None
+        if ratio > best_ratio:
+            best, best_ratio = i, ratio
+    if best is None:
         return None
-    distances = np.abs(chord[0] * (y[0] - y) - chord[1] * (x[0] - x)) / norm
-    return float(np.asarray(ks, dtype=float)[order][int(np.argmax(distances))])
+    return {
+        "elbow": float(x[best]),
+        "k": x.tolist(),
+        "inertia": y.tolist(),
+        "slope_ratio": ratios,
+    }
+
+
+def elbow(ks: list[float], inertias: list[float]) -> float | None:
+    """The k at the elbow of a decreasing curve (see ``elbow_curve``), or None."""
+    curve = elbow_curve(ks, inertias)
+    return None if curve is None else float(curve["elbow"])
 
 
 def _best_by_criterion(
@@ -174,9 +210,10 @@ def _best_by_criterion(
 
 def _elbow_of(
     key: str, varying: list[str], anchor: dict[str, Any], candidates: list[dict[str, Any]]
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The candidate at the elbow of the inertia curve over ``key`` (the other grid values
-    fixed at ``anchor``'s), or None when the curve has none."""
+    fixed at ``anchor``'s) and the report's ``elbow``: the k, the method and the curve it was
+    read from; None when the curve has none."""
     others = [v for v in varying if v != key]
     curve = [
         c
@@ -184,11 +221,21 @@ def _elbow_of(
         if all(c["params"].get(o) == anchor.get(o) for o in others)
         and c["metrics"].get("inertia") is not None
     ]
-    k_at_elbow = elbow([c["params"][key] for c in curve], [c["metrics"]["inertia"] for c in curve])
-    if k_at_elbow is None:
+    found = elbow_curve([c["params"][key] for c in curve], [c["metrics"]["inertia"] for c in curve])
+    if found is None:
         return None
-    chosen: dict[str, Any] = next(c for c in curve if c["params"][key] == k_at_elbow)
-    return chosen
+    chosen = next(c for c in curve if c["params"][key] == found["elbow"])
+    report = {
+        key: int(chosen["params"][key]),
+        "index": chosen["index"],
+        "method": ELBOW_METHOD,
+        "curve": {
+            key: [int(k) for k in found["k"]],
+            "inertia": found["inertia"],
+            "slope_ratio": found["slope_ratio"],
+        },
+    }
+    return chosen, report
 
 
 def summarize(
@@ -202,9 +249,9 @@ def summarize(
     key = algorithm.n_clusters_param
     if "inertia" in criteria and key is not None and key in varying:
         anchor = best.get("silhouette", {}).get("params", candidates[0]["params"])
-        chosen = _elbow_of(key, varying, anchor, candidates)
-        if chosen is not None:
-            out["elbow"] = {key: int(chosen["params"][key]), "index": chosen["index"]}
+        found = _elbow_of(key, varying, anchor, candidates)
+        if found is not None:
+            chosen, out["elbow"] = found
             best["inertia"] = {
                 "index": chosen["index"],
                 "params": chosen["params"],

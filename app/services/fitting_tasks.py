@@ -8,17 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import InvalidParameter, TrainingFailed
+from app.errors import InvalidParameter, PayloadTooLarge, TrainingFailed
 from app.ml.catalog import ALGORITHMS
-from app.ml.exceptions import FitError, HyperparameterError
+from app.ml.exceptions import FitError, HyperparameterError, TrainingRowsError
 from app.ml.fitting import FitResult, fit_model
 from app.ml.selection import evaluate_candidate
 
 
 @contextmanager
 def fit_errors(algorithm: str) -> Iterator[None]:
-    """The ml layer's errors as the service's: a bad hyperparameter (located in the spec), or
-    data that cannot be fitted."""
+    """The ml layer's errors as the service's: a bad hyperparameter (located in the spec), more
+    rows than the algorithm takes (located at the rows, ``data``), or data that cannot be
+    fitted."""
     try:
         yield
     except HyperparameterError as exc:
@@ -26,6 +27,12 @@ def fit_errors(algorithm: str) -> Iterator[None]:
         if exc.parameter.startswith(("preprocessing", "grid")):
             where = [*exc.parameter.split(".")]
         raise InvalidParameter(exc.message, at=where) from exc
+    except TrainingRowsError as exc:
+        raise PayloadTooLarge(
+            str(exc),
+            at=["data"],
+            extra={"max_training_rows": exc.limit, "n_rows": exc.n_rows},
+        ) from exc
     except FitError as exc:
         raise TrainingFailed(f"{algorithm} could not be fitted: {exc}") from exc
 

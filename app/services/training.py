@@ -151,6 +151,8 @@ def prepare(spec: TrainSpec, X: np.ndarray, settings: Settings) -> PreparedTrain
     with fit_errors(algorithm.name):
         algorithm.build(spec.params)
         build_preprocessor(spec.preprocessing)
+        # Before a worker starts: an algorithm whose memory grows with the square of the rows.
+        algorithm.check_training_rows(X.shape[0])
     return PreparedTraining(algorithm, X, spec.feature_names, spec.preprocessing)
 
 

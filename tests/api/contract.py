@@ -21,6 +21,12 @@ OPERATIONS: dict[str, list[str]] = {
     "kmeans": ["predict", "transform", "score", "anomalies"],
     "minibatch_kmeans": ["predict", "transform", "score", "anomalies"],
     "dbscan": ["predict", "predict_proba", "anomalies"],
+    "birch": ["predict", "transform", "anomalies"],
+    "mean_shift": ["predict", "anomalies"],
+    "affinity_propagation": ["predict", "anomalies"],
+    "agglomerative": ["predict", "predict_proba", "anomalies"],
+    "spectral": ["predict", "predict_proba", "anomalies"],
+    "hdbscan": ["predict", "predict_proba", "anomalies"],
     "gaussian_mixture": [
         "predict",
         "predict_proba",
@@ -61,6 +67,9 @@ SERVER_REFUSED = {
     "memory",
     "metric_params",
 }
+# ... and those refused for one algorithm only (affinity propagation's copy: it only matters for
+# a precomputed affinity, which is refused).
+REFUSED_FOR = {"affinity_propagation": {"copy"}}
 PREPROCESSING = [{"step": "standard_scaler"}, {"step": "pca", "n_components": 0.99, "whiten": True}]
 
 
@@ -126,7 +135,15 @@ PLAIN_CASES = [
         {"n_components": 4, "covariance_type": "diag", "random_state": 0},
         BLOBS,
     ),
+    Case("birch", {"n_clusters": 3, "threshold": 0.5}, BLOBS),
+    Case("mean_shift", {"bandwidth": 1.5}, BLOBS),
+    Case("affinity_propagation", {"preference": -50, "random_state": 0}, BLOBS),
+    Case("agglomerative", {"n_clusters": 3}, BLOBS),
+    Case("spectral", {"n_clusters": 2, "affinity": "nearest_neighbors", "random_state": 0}, MOONS),
+    Case("hdbscan", {"min_cluster_size": 10}, MOONS),
 ]
+# The clusterers without a predict of their own (a k-nearest-neighbours vote of their anchors).
+INDUCTIVE = ("dbscan", "agglomerative", "spectral", "hdbscan")
 PREPROCESSED_CASES = [
     Case("kmeans", {"n_clusters": 3, "random_state": 0}, BLOBS_3D, PREPROCESSING),
     Case(
@@ -143,6 +160,8 @@ PREPROCESSED_CASES = [
         BLOBS_3D,
         PREPROCESSING,
     ),
+    Case("birch", {"n_clusters": 3}, BLOBS_3D, PREPROCESSING),
+    Case("hdbscan", {"min_cluster_size": 10}, MOONS, PREPROCESSING),
 ]
 CASES = PLAIN_CASES + PREPROCESSED_CASES
 CASE_BY_ALGORITHM = {case.algorithm: case for case in PLAIN_CASES}

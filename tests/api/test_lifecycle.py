@@ -19,6 +19,7 @@ from tests.api.contract import (
     CASES,
     OPERATIONS,
     PLAIN_CASES,
+    REFUSED_FOR,
     SERVER_REFUSED,
     Case,
     artifacts_folder,
@@ -118,10 +119,9 @@ def test_training_answers_201_with_the_full_version_document(
         assert stored.items() >= sent.items()
 
     # Every resolved hyperparameter: scikit-learn's own get_params, less the server's.
+    refused = SERVER_REFUSED | REFUSED_FOR.get(case.algorithm, set())
     expected_params = {
-        k: v
-        for k, v in reference.estimator.get_params(deep=False).items()
-        if k not in SERVER_REFUSED
+        k: v for k, v in reference.estimator.get_params(deep=False).items() if k not in refused
     }
     assert doc["params"] == expected_params
 
@@ -168,13 +168,18 @@ def test_training_metrics_of_dbscan_are_those_of_sklearn_dbscan(client, fitted):
 
 
 def test_stored_anomaly_threshold_is_the_training_quantile(case, reference, trained):
+    """... or, for the inductive clusterers, their noise boundary (max_distance), the
+    contamination then the share of training rows beyond it."""
     anomaly = trained["doc"]["anomaly"]
     scores = reference.training_scores
-    assert anomaly["contamination"] == CONTAMINATION
+    assert anomaly["contamination"] == pytest.approx(
+        reference.stored_contamination(CONTAMINATION), rel=RTOL, abs=0
+    )
     assert anomaly["score_direction"] == "higher is more anomalous"
     assert anomaly["threshold"] == pytest.approx(
-        np.quantile(scores, 1 - CONTAMINATION), rel=RTOL, abs=0
+        reference.stored_threshold(CONTAMINATION), rel=RTOL, abs=0
     )
+    assert ("threshold_rule" in anomaly) == reference.inductive
     quantiles = anomaly["training_score_quantiles"]
     assert set(quantiles) == {"0.01", "0.05", "0.5", "0.95", "0.99"}
     for level, value in quantiles.items():
@@ -299,16 +304,29 @@ def test_parameters_are_the_fitted_attributes(client, case, reference, trained):
                 rtol=RTOL,
                 atol=0,
             )
-    elif case.algorithm == "dbscan":
-        assert params["n_core_samples"] == len(est.core_sample_indices_)
-        assert params["classes"] == est.classes_.tolist()
-        assert params["eps"] == case.params["eps"]
+    elif case.algorithm in ("mean_shift", "affinity_propagation"):
+        assert params["n_clusters"] == len(est.cluster_centers_)
+        assert_allclose(params["cluster_centers"], est.cluster_centers_, rtol=RTOL, atol=0)
+    elif case.algorithm == "birch":
+        assert params["n_subclusters"] == len(est.subcluster_centers_)
+        assert_allclose(params["subcluster_centers"], est.subcluster_centers_, rtol=RTOL, atol=0)
+        assert params["subcluster_labels"] == est.subcluster_labels_.tolist()
+    elif reference.inductive:
+        labels = reference.sklearn_clusterer().labels_
+        clusters = np.unique(labels[labels != -1]).tolist()
+        assert params["classes"] == [-1, *clusters]
+        assert params["n_clusters"] == len(clusters)
+        assert params["n_anchors"] == len(reference.anchor_rows)
+        assert params["max_distance"] == pytest.approx(reference.max_distance, rel=RTOL, abs=0)
+        if case.algorithm == "dbscan":
+            assert params["n_core_samples"] == len(reference.sklearn_dbscan().core_sample_indices_)
+            assert params["eps"] == case.params["eps"]
     else:
         assert params["n_components"] == len(est.weights_)
         assert params["covariance_type"] == est.covariance_type
         assert_allclose(params["weights"], est.weights_, rtol=RTOL, atol=0)
         assert_allclose(params["means"], est.means_, rtol=RTOL, atol=0)
         assert_allclose(params["covariances"], est.covariances_, rtol=RTOL, atol=0)
-    assert params["anomaly"]["contamination"] == CONTAMINATION
+    assert params["anomaly"]["contamination"] == trained["doc"]["anomaly"]["contamination"]
     assert params["anomaly"]["threshold"] == trained["doc"]["anomaly"]["threshold"]
     assert len(params["preprocessing"]) == len(case.preprocessing)

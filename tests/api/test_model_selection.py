@@ -67,15 +67,12 @@ FIVE_BLOBS = five_blobs()
 THREE_BLOBS = three_blobs()
 
 
-def chord_elbow(ks: list[int], inertias: list[float]) -> int:
-    """The elbow as the chapter reads it off the plot, computed here on its own: on the curve
-    scaled into the unit square, the point with the largest area of the triangle it makes with
-    the first and the last point (the farthest from the chord)."""
-    x = (np.asarray(ks, float) - ks[0]) / (ks[-1] - ks[0])
-    y = (np.asarray(inertias) - min(inertias)) / (max(inertias) - min(inertias))
-    dx, dy = x[-1] - x[0], y[-1] - y[0]
-    areas = [abs(dx * (yi - y[0]) - dy * (xi - x[0])) for xi, yi in zip(x, y, strict=True)]
-    return ks[int(np.argmax(areas))]
+def slope_ratio_elbow(ks: list[int], inertias: list[float]) -> int:
+    """The elbow as the chapter reads it off the plot ("the inertia drops very quickly as we
+    increase k up to 4, but then it decreases much more slowly"), computed here on its own:
+    the k where the fall into k over the fall out of it is largest."""
+    drops = -np.diff(np.asarray(inertias)) / np.diff(np.asarray(ks, float))
+    return ks[1 + int(np.argmax(drops[:-1] / drops[1:]))]
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +162,13 @@ def test_best_silhouette_is_k4_as_in_sklearn(kmeans_report, sklearn_kmeans):
 
 
 def test_the_elbow_is_at_k4_as_computed_independently(kmeans_report, sklearn_kmeans):
-    expected = chord_elbow(KS, [sklearn_kmeans[k].inertia_ for k in KS])
+    inertias = [sklearn_kmeans[k].inertia_ for k in KS]
+    expected = slope_ratio_elbow(KS, inertias)
     assert expected == 4  # where the chapter sees it
-    assert kmeans_report["elbow"] == {"n_clusters": expected, "index": KS.index(expected)}
+    elbow = kmeans_report["elbow"]
+    assert (elbow["n_clusters"], elbow["index"]) == (expected, KS.index(expected))
+    assert elbow["curve"]["n_clusters"] == KS
+    assert_allclose(elbow["curve"]["inertia"], inertias, rtol=RTOL)
     by_elbow = kmeans_report["best"]["inertia"]
     assert by_elbow["params"] == {"n_clusters": expected}
     assert by_elbow["rule"] == "elbow of the inertia curve"

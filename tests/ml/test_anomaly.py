@@ -187,3 +187,23 @@ def test_fit_does_not_change_the_callers_scores():
     before = training.copy()
     AnomalyThreshold.fit(training, 0.05)
     np.testing.assert_array_equal(training, before)
+
+
+@pytest.mark.parametrize("n", [50, 5000])
+@pytest.mark.parametrize("threshold", [-1.0, 0.0, 1.5, 3.0, 100.0])
+def test_a_threshold_the_model_defines_reports_the_share_it_flags(n, threshold):
+    scores = scores_of("exponential", n)
+    made = AnomalyThreshold.at(scores, threshold, rule="the model's own")
+    assert made.threshold == threshold
+    assert made.contamination == np.mean(scores > threshold)
+    assert made.summary["contamination"] == made.contamination
+    assert made.summary["training_flagged_ratio"] == made.contamination
+    assert made.summary["threshold_rule"] == "the model's own"
+    # The rest of the contract is the quantile threshold's: the same reference and percentiles.
+    quantile = AnomalyThreshold.fit(scores, 0.05)
+    np.testing.assert_array_equal(made.reference, quantile.reference)
+    new = np.linspace(-1, 10, 23)
+    np.testing.assert_array_equal(made.percentiles(new), quantile.percentiles(new))
+    assert made.threshold_for(0.05) == quantile.threshold_for(0.05)
+    assert "threshold_rule" not in quantile.summary
+    assert json.loads(json.dumps(made.summary)) == made.summary

@@ -43,9 +43,12 @@ def test_fit_equals_dbscan(moons, fitted):
     assert len(set(reference.labels_.tolist()) - {-1}) >= 2
     assert np.sum(reference.labels_ == -1) > 0
     assert len(reference.core_sample_indices_) < len(moons.X)
+    # The columns of predict_proba: noise first, then DBSCAN's clusters.
     np.testing.assert_array_equal(
-        fitted.classes_, np.unique(reference.labels_[fitted.labels_ >= 0])
+        fitted.classes_, [-1, *np.unique(reference.labels_[fitted.labels_ >= 0])]
     )
+    np.testing.assert_array_equal(fitted.anchor_indices_, reference.core_sample_indices_)
+    assert fitted.anchors_ is fitted.components_
     assert fitted.n_features_in_ == 2
     assert fitted.max_distance_ == EPS
     assert fitted.n_neighbors_ == 5
@@ -136,20 +139,34 @@ def test_n_neighbors_is_capped_by_the_core_samples():
     assert est.knn_.n_neighbors == 6
     assert est.n_neighbors == 50  # the parameter itself is untouched
     np.testing.assert_array_equal(est.predict(X), [0] * 6 + [-1] * 4)
-    np.testing.assert_allclose(est.predict_proba(X), np.ones((10, 1)), rtol=1e-9, atol=0)
+    # Columns -1, 0: the scattered points are noise, the tight ones all vote 0.
+    np.testing.assert_array_equal(est.classes_, [-1, 0])
+    expected = np.array([[0.0, 1.0]] * 6 + [[1.0, 0.0]] * 4)
+    np.testing.assert_allclose(est.predict_proba(X), expected, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("weights", ["uniform", "distance"])
 @pytest.mark.parametrize("n_neighbors", [1, 5, 15])
-def test_predict_proba_equals_knn_on_core_samples(moons, weights, n_neighbors):
+def test_predict_proba_is_the_knn_vote_within_max_distance_and_noise_beyond(
+    moons, weights, n_neighbors
+):
     est = DBSCANKNN(eps=EPS, n_neighbors=n_neighbors, weights=weights).fit(moons.X)
     rows = np.vstack([moons.X, moons.X_new])
     proba = est.predict_proba(rows)
     knn = reference_knn(est, n_neighbors=n_neighbors, weights=weights)
-    np.testing.assert_allclose(proba, knn.predict_proba(rows), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-9, atol=0)
-    np.testing.assert_array_equal(est.classes_, knn.classes_)
+    noise = cdist(rows, est.components_).min(axis=1) > EPS
+    assert 0 < noise.sum() < len(rows)
+    np.testing.assert_array_equal(est.classes_, [-1, *knn.classes_])
     assert proba.shape == (len(rows), len(est.classes_))
+    # A row predict calls noise: certainly noise, no cluster; any other: the vote, no noise.
+    np.testing.assert_array_equal(proba[noise], np.eye(len(est.classes_))[[0] * noise.sum()])
+    np.testing.assert_allclose(
+        proba[~noise, 1:], knn.predict_proba(rows[~noise]), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_array_equal(proba[~noise, 0], 0.0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-9, atol=0)
+    # The most probable class is predict's label, noise included.
+    np.testing.assert_array_equal(est.classes_[proba.argmax(axis=1)], est.predict(rows))
 
 
 def test_pickle_round_trip_predicts_the_same(moons, fitted):

@@ -46,7 +46,15 @@ PARAMS: dict[str, dict[str, Any]] = {
     "elliptic_envelope": {"random_state": 0},
     "one_class_svm": {"gamma": "scale", "nu": 0.1},
     "pca_reconstruction": {"n_components": 2},
+    "birch": {"n_clusters": 3},
+    "mean_shift": {},
+    "affinity_propagation": {"random_state": 0},
+    "agglomerative": {"n_clusters": 3},
+    "spectral": {"n_clusters": 3, "random_state": 0},
+    "hdbscan": {"min_cluster_size": 10},
 }
+# Their stored threshold is their noise boundary, not a quantile (tests/ml/test_noise_agreement).
+INDUCTIVE = {"dbscan", "agglomerative", "spectral", "hdbscan"}
 
 # The preprocessing a client posts, and the same steps built by hand with scikit-learn.
 PREPROCESSING: dict[str, tuple[list[dict[str, Any]], Callable[[], list[BaseEstimator]]]] = {
@@ -447,13 +455,20 @@ def test_no_refit_reports_no_refit(fitted, algorithm):
 def test_anomaly_summary_of_every_algorithm(fitted, blobs, algorithm):
     model = fitted(algorithm).result.model
     summary = model.anomaly.summary
-    scores = model.anomaly_scores(blobs.X)
-    threshold = np.quantile(scores, 1.0 - CONTAMINATION)
-    assert summary["contamination"] == CONTAMINATION
+    scores = model.training_anomaly_scores(model.model_space(blobs.X))
+    if algorithm in INDUCTIVE:
+        threshold = model.estimator.max_distance_
+        assert summary["contamination"] == np.mean(scores > threshold)
+        assert summary["threshold_rule"].startswith("max_distance")
+    else:
+        np.testing.assert_array_equal(scores, model.anomaly_scores(blobs.X))
+        threshold = np.quantile(scores, 1.0 - CONTAMINATION)
+        assert summary["contamination"] == CONTAMINATION
+        assert 0.0 < summary["training_flagged_ratio"] <= CONTAMINATION
+        assert "threshold_rule" not in summary
     assert_close(summary["threshold"], threshold)
     assert summary["threshold"] == model.anomaly.threshold
     assert summary["training_flagged_ratio"] == np.mean(scores > summary["threshold"])
-    assert 0.0 < summary["training_flagged_ratio"] <= CONTAMINATION
     assert summary["score_direction"] == "higher is more anomalous"
     quantiles = summary["training_score_quantiles"]
     assert list(quantiles) == ["0.01", "0.05", "0.5", "0.95", "0.99"]

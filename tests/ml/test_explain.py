@@ -46,6 +46,12 @@ PARAMS: dict[str, dict[str, Any]] = {
     "one_class_svm": {"gamma": "scale", "nu": 0.1},
     # One component of four: every feature keeps most of its own residual (see the shift test).
     "pca_reconstruction": {"n_components": 1},
+    "birch": {"n_clusters": 3},
+    "mean_shift": {},
+    "affinity_propagation": {"random_state": 0},
+    "agglomerative": {"n_clusters": 3},
+    "spectral": {"n_clusters": 3, "random_state": 0},
+    "hdbscan": {"min_cluster_size": 10},
 }
 # DBSCAN's eps depends on the scale of the space it runs in.
 DBSCAN_EPS = {"none": 1.2, "scaler": 0.35, "scaler_pca": 0.6}
@@ -71,6 +77,8 @@ DETECTORS_WITHOUT_DECOMPOSITION = [
     "one_class_svm",
 ]
 EXACT = ["kmeans", "minibatch_kmeans", "dbscan", "gaussian_mixture", "bayesian_gaussian_mixture"]
+CENTROIDS = ["birch", "mean_shift", "affinity_propagation"]
+INDUCTIVE = ["agglomerative", "spectral", "hdbscan"]
 
 
 def params_for(algorithm: str, preprocessing: str, **overrides: Any) -> dict[str, Any]:
@@ -467,3 +475,23 @@ def test_pca_reconstruction_blames_where_the_rebuild_fails(fitted, blobs):
     explanation = explain(model, row)
     assert_close(explanation.terms.sum(axis=1), model.anomaly_scores(row))
     assert explanation.terms[0].argmax() == 3
+
+
+@pytest.mark.parametrize("preprocessing", ["none", "scaler"])
+@pytest.mark.parametrize("algorithm", CENTROIDS + INDUCTIVE)
+def test_the_new_clusterers_terms_sum_to_the_squared_anomaly_score(
+    fitted, blobs, algorithm, preprocessing
+):
+    model = fitted(algorithm, preprocessing)
+    X = blobs.X_new
+    explanation = explain(model, X)
+    assert explanation.method == "exact"
+    what = "centroid" if algorithm in CENTROIDS else "clustered training row"
+    assert explanation.decomposes == f"squared distance to the nearest {what}"
+    assert np.all(explanation.terms >= 0)
+    assert_close(explanation.terms.sum(axis=1), model.anomaly_scores(X) ** 2)
+
+
+def test_an_inductive_clusterer_of_another_metric_is_explained_by_median_substitution(fitted):
+    model = fitted("agglomerative", metric="manhattan", linkage="average")
+    assert exact_terms(model, np.zeros((1, 4))) is None

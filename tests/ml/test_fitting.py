@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
+from scipy.spatial.distance import cdist
 from sklearn.base import BaseEstimator
-from sklearn.cluster import DBSCAN, KMeans, MiniBatchKMeans
+from sklearn.cluster import (
+    DBSCAN,
+    HDBSCAN,
+    AffinityPropagation,
+    AgglomerativeClustering,
+    Birch,
+    KMeans,
+    MeanShift,
+    MiniBatchKMeans,
+    SpectralClustering,
+)
 from sklearn.datasets import make_blobs
 from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
@@ -52,6 +64,12 @@ def params_for(algorithm: str, preprocessing: str) -> dict[str, Any]:
         "dbscan": {"eps": DBSCAN_EPS[preprocessing], "min_samples": 5},
         "gaussian_mixture": {"n_components": 3, "random_state": 0},
         "bayesian_gaussian_mixture": {"n_components": 5, "max_iter": 500, "random_state": 0},
+        "birch": {"n_clusters": 3},
+        "mean_shift": {},
+        "affinity_propagation": {"random_state": 0},
+        "agglomerative": {"n_clusters": 3},
+        "spectral": {"n_clusters": 3, "random_state": 0},
+        "hdbscan": {"min_cluster_size": 10},
     }[algorithm]
 
 
@@ -60,6 +78,16 @@ SKLEARN_CLASSES = {
     "minibatch_kmeans": MiniBatchKMeans,
     "gaussian_mixture": GaussianMixture,
     "bayesian_gaussian_mixture": BayesianGaussianMixture,
+    "birch": Birch,
+    "mean_shift": MeanShift,
+    "affinity_propagation": AffinityPropagation,
+}
+# The clusterers without predict: scikit-learn's own, then a KNeighborsClassifier by hand.
+INDUCTIVE_CLASSES = {
+    "dbscan": DBSCAN,
+    "agglomerative": AgglomerativeClustering,
+    "spectral": SpectralClustering,
+    "hdbscan": lambda **p: HDBSCAN(copy=True, **p),
 }
 
 
@@ -67,9 +95,11 @@ SKLEARN_CLASSES = {
 class Reference:
     """The training done with scikit-learn directly on the same data and parameters.
 
-    For every algorithm but DBSCAN, ``pipeline`` is a scikit-learn Pipeline of the
-    preprocessing and the estimator; for DBSCAN, ``dbscan`` and ``knn`` are a DBSCAN and a
-    KNeighborsClassifier on its core samples, fitted by hand on the preprocessed rows.
+    For every algorithm with a predict, ``pipeline`` is a scikit-learn Pipeline of the
+    preprocessing and the estimator; for the inductive ones (DBSCAN, agglomerative, spectral,
+    HDBSCAN), ``clusterer`` is scikit-learn's own and ``knn`` a KNeighborsClassifier on its
+    anchors (DBSCAN's core samples, the others' clustered rows), fitted by hand on the
+    preprocessed rows, with ``max_distance`` worked out by brute force.
     """
 
     algorithm: str
@@ -77,22 +107,41 @@ class Reference:
     preprocessor: Pipeline | None
     Xt: np.ndarray  # the training rows in model space, as the estimator saw them
     pipeline: Pipeline | None = None
-    dbscan: DBSCAN | None = None
+    clusterer: BaseEstimator | None = None
     knn: KNeighborsClassifier | None = None
+    anchors: np.ndarray | None = None
+    max_distance: float | None = None
 
     @classmethod
     def fit(cls, algorithm: str, preprocessing: str, X: np.ndarray) -> Reference:
         params = params_for(algorithm, preprocessing)
         steps = PREPROCESSING[preprocessing][1]()
         family = ALGORITHMS[algorithm].family
-        if algorithm == "dbscan":
+        if algorithm in INDUCTIVE_CLASSES:
             preprocessor = make_pipeline(*steps) if steps else None
             Xt = preprocessor.fit_transform(X) if preprocessor else X
-            dbscan = DBSCAN(**params).fit(Xt)
-            core = dbscan.core_sample_indices_
-            knn = KNeighborsClassifier(n_neighbors=min(5, len(core)))
-            knn.fit(Xt[core], dbscan.labels_[core])
-            return cls(algorithm, family, preprocessor, Xt, dbscan=dbscan, knn=knn)
+            clusterer = INDUCTIVE_CLASSES[algorithm](**params).fit(Xt)
+            labels = clusterer.labels_
+            if algorithm == "dbscan":
+                anchors = clusterer.core_sample_indices_
+                max_distance = params["eps"]
+            else:
+                anchors = np.flatnonzero(labels != -1)
+                between = cdist(Xt[anchors], Xt[anchors])
+                np.fill_diagonal(between, np.inf)
+                max_distance = float(between.min(axis=1).max())
+            knn = KNeighborsClassifier(n_neighbors=min(5, len(anchors)))
+            knn.fit(Xt[anchors], labels[anchors])
+            return cls(
+                algorithm,
+                family,
+                preprocessor,
+                Xt,
+                clusterer=clusterer,
+                knn=knn,
+                anchors=anchors,
+                max_distance=max_distance,
+            )
         pipeline = make_pipeline(*steps, SKLEARN_CLASSES[algorithm](**params)).fit(X)
         preprocessor = pipeline[:-1] if steps else None
         # What Pipeline.fit passed to the estimator: fit_transform of fresh, identical steps.
@@ -101,26 +150,38 @@ class Reference:
 
     @property
     def estimator(self) -> BaseEstimator:
-        return self.dbscan if self.pipeline is None else self.pipeline[-1]
+        return self.clusterer if self.pipeline is None else self.pipeline[-1]
+
+    @property
+    def dbscan(self) -> DBSCAN:
+        assert isinstance(self.clusterer, DBSCAN)
+        return self.clusterer
+
+    @property
+    def inductive(self) -> bool:
+        return self.pipeline is None
 
     def model_space(self, X: np.ndarray) -> np.ndarray:
         return self.preprocessor.transform(X) if self.preprocessor is not None else X
 
-    def _core_distance(self, Xt: np.ndarray) -> np.ndarray:
-        return self.knn.kneighbors(Xt, n_neighbors=1)[0][:, 0]
+    def _anchor_distance(self, Xt: np.ndarray) -> np.ndarray:
+        return cdist(Xt, self.Xt[self.anchors]).min(axis=1)
 
     # -- the operations, one per catalog entry -------------------------------------------------
     def predict(self, X: np.ndarray) -> np.ndarray:
         if self.pipeline is not None:
             return self.pipeline.predict(X)
         Xt = self.model_space(X)
-        return np.where(self._core_distance(Xt) > self.dbscan.eps, -1, self.knn.predict(Xt))
+        return np.where(self._anchor_distance(Xt) > self.max_distance, -1, self.knn.predict(Xt))
 
     def predict_proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.pipeline is not None:
             proba = self.pipeline.predict_proba(X)
             return proba, np.arange(proba.shape[1])
-        return self.knn.predict_proba(self.model_space(X)), self.knn.classes_
+        Xt = self.model_space(X)
+        noise = self._anchor_distance(Xt) > self.max_distance
+        votes = np.where(noise[:, None], 0.0, self.knn.predict_proba(Xt))
+        return np.column_stack([noise.astype(float), votes]), np.r_[-1, self.knn.classes_]
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         return self.pipeline.transform(X)
@@ -143,11 +204,27 @@ class Reference:
         return (self.preprocessor.inverse_transform(X) if self.preprocessor else X), components
 
     def anomaly_scores_in_model_space(self, Xt: np.ndarray) -> np.ndarray:
-        if self.algorithm == "dbscan":
-            return self._core_distance(Xt)
+        if self.inductive:
+            return self._anchor_distance(Xt)
         if self.family == "mixture":
             return -self.estimator.score_samples(Xt)
+        if isinstance(self.estimator, MeanShift | AffinityPropagation):
+            return cdist(Xt, self.estimator.cluster_centers_).min(axis=1)
         return self.estimator.transform(Xt).min(axis=1)
+
+    def training_scores(self) -> np.ndarray:
+        """The training rows' scores the threshold is drawn from: an inductive clusterer's
+        anchors left out of their own neighbours."""
+        if not self.inductive:
+            return self.anomaly_scores_in_model_space(self.Xt)
+        distances = cdist(self.Xt, self.Xt[self.anchors])
+        distances[self.anchors, np.arange(len(self.anchors))] = np.inf
+        return distances.min(axis=1)
+
+    def threshold(self, contamination: float) -> float:
+        if self.inductive:
+            return self.max_distance
+        return float(np.quantile(self.training_scores(), 1.0 - contamination))
 
 
 @dataclass
@@ -232,8 +309,8 @@ def check_anomalies(model, reference: Reference, X: np.ndarray) -> None:
     scores = model.anomaly_scores(X)
     expected = reference.anomaly_scores_in_model_space(reference.model_space(X))
     np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-12)
-    training = reference.anomaly_scores_in_model_space(reference.Xt)
-    threshold = np.quantile(training, 1.0 - CONTAMINATION)
+    training = reference.training_scores()
+    threshold = reference.threshold(CONTAMINATION)
     np.testing.assert_allclose(model.anomaly.threshold, threshold, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(scores > model.anomaly.threshold, expected > threshold)
     # The far-away rows at the end of X_new are anomalies for every algorithm.
@@ -242,6 +319,10 @@ def check_anomalies(model, reference: Reference, X: np.ndarray) -> None:
     brute_force = np.array([100.0 * np.mean(training < s) for s in expected])
     np.testing.assert_allclose(percentiles, brute_force, rtol=1e-9, atol=1e-12)
     assert model.anomaly.n_training == len(reference.Xt)
+    if reference.inductive:
+        # The stored threshold is where predict's noise begins: the two always agree.
+        np.testing.assert_array_equal(scores > model.anomaly.threshold, model.predict(X) == -1)
+        assert model.anomaly.contamination == np.mean(training > threshold)
 
 
 @pytest.mark.parametrize(("algorithm", "preprocessing"), CASES)
@@ -316,14 +397,19 @@ def test_more_clusters_than_rows_is_a_fit_error(blobs, algorithm, k):
 
 
 @pytest.mark.parametrize(
-    "algorithm", sorted(a for a in ALGORITHMS if ALGORITHMS[a].n_clusters_param)
+    "algorithm",
+    # Spectral clustering's eigensolver needs fewer clusters than rows (scipy says so).
+    sorted(a for a in ALGORITHMS if ALGORITHMS[a].n_clusters_param and a != "spectral"),
 )
 def test_as_many_clusters_as_rows_fits(algorithm):
     X = np.arange(12.0).reshape(6, 2) ** 1.5
-    param = ALGORITHMS[algorithm].n_clusters_param
+    spec = ALGORITHMS[algorithm]
+    param = spec.n_clusters_param
+    seeded = "random_state" in spec.params_schema["properties"]
+    more = {"random_state": 0} if seeded else {}
     result = fit_model(
-        algorithm=ALGORITHMS[algorithm],
-        params={param: 6, "random_state": 0},
+        algorithm=spec,
+        params={param: 6, **more},
         preprocessing=[],
         X=X,
         feature_names=None,
@@ -440,7 +526,74 @@ def test_dbscan_metrics(fitted, preprocessing):
     assert metrics["noise_ratio"] == np.mean(labels == -1)
     assert metrics["cluster_sizes"] == np.bincount(labels[labels >= 0]).tolist()
     assert sum(metrics["cluster_sizes"]) + np.sum(labels == -1) == len(labels)
+    assert metrics["n_noise"] == np.sum(labels == -1)
     np.testing.assert_array_equal(case.result.model.estimator.labels_, labels)
+
+
+NEW_CLUSTERERS = ["birch", "mean_shift", "affinity_propagation", "agglomerative", "spectral"]
+
+
+@pytest.mark.parametrize("preprocessing", PREPROCESSING)
+@pytest.mark.parametrize("algorithm", [*NEW_CLUSTERERS, "hdbscan"])
+def test_clusterer_metrics(fitted, algorithm, preprocessing):
+    case = fitted(algorithm, preprocessing)
+    metrics, reference = case.result.metrics, case.reference
+    estimator, Xt = reference.estimator, reference.Xt
+    labels = estimator.labels_
+    clustered = labels != -1
+    n_clusters = len(np.unique(labels[clustered]))
+    assert metrics["n_clusters"] == n_clusters
+    assert metrics["n_noise"] == np.sum(~clustered)
+    assert metrics["cluster_sizes"] == np.bincount(labels[clustered]).tolist()
+    if 2 <= n_clusters < np.sum(clustered):
+        assert_close(metrics["silhouette"], silhouette_score(Xt[clustered], labels[clustered]))
+        assert_close(
+            metrics["davies_bouldin"], davies_bouldin_score(Xt[clustered], labels[clustered])
+        )
+        assert_close(
+            metrics["calinski_harabasz"],
+            calinski_harabasz_score(Xt[clustered], labels[clustered]),
+        )
+    else:  # mean-shift finds one cluster in the whitened space
+        assert metrics["silhouette"] is None
+    if algorithm == "birch":
+        assert metrics["n_subclusters"] == len(estimator.subcluster_centers_)
+    if algorithm in ("mean_shift", "affinity_propagation"):
+        assert metrics["n_iter"] == estimator.n_iter_
+    if algorithm == "affinity_propagation":
+        assert metrics["converged"] is True
+    if algorithm == "agglomerative":
+        assert metrics["n_leaves"] == estimator.n_leaves_
+        assert metrics["n_connected_components"] == estimator.n_connected_components_
+    if algorithm == "hdbscan":
+        assert metrics["n_noise"] > 0
+        assert metrics["noise_ratio"] == np.mean(~clustered)
+        assert_close(metrics["mean_probability"], estimator.probabilities_.mean())
+
+
+@pytest.mark.parametrize(("algorithm", "preprocessing"), CASES)
+def test_training_labels_are_kept_and_equal_scikit_learns_fit_predict(
+    fitted, blobs, algorithm, preprocessing
+):
+    case = fitted(algorithm, preprocessing)
+    model, reference = case.result.model, case.reference
+    labels = model.training_labels
+    if reference.inductive or algorithm in NEW_CLUSTERERS:
+        expected = reference.estimator.labels_
+    else:  # k-means' labels_, and a mixture's predict on the rows it was fitted on
+        expected = reference.pipeline.predict(blobs.X)
+    np.testing.assert_array_equal(labels, expected)
+    assert len(labels) == len(reference.Xt)
+    # And they survive the artifact.
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).training_labels, labels)
+
+
+def test_the_counts_of_every_clusterer(fitted):
+    for algorithm in ("kmeans", "minibatch_kmeans", "dbscan", *NEW_CLUSTERERS, "hdbscan"):
+        metrics = fitted(algorithm, "none").result.metrics
+        labels = fitted(algorithm, "none").result.model.training_labels
+        assert metrics["n_clusters"] == len(set(labels.tolist()) - {-1}), algorithm
+        assert metrics["n_noise"] == int(np.sum(labels == -1)), algorithm
 
 
 @pytest.mark.parametrize(("algorithm", "preprocessing"), CASES)
@@ -486,13 +639,19 @@ def test_parameters_are_json_and_equal_the_fitted_attributes(fitted, algorithm, 
     assert json.loads(json.dumps(parameters, allow_nan=False)) == parameters
     estimator = model.estimator
     assert parameters["anomaly"] == {
-        "contamination": CONTAMINATION,
+        "contamination": model.anomaly.contamination,
         "threshold": model.anomaly.threshold,
     }
-    if algorithm in ("kmeans", "minibatch_kmeans"):
-        assert parameters["n_clusters"] == 3
+    if not reference.inductive:
+        assert model.anomaly.contamination == CONTAMINATION
+    if algorithm in ("kmeans", "minibatch_kmeans", "mean_shift", "affinity_propagation"):
+        assert parameters["n_clusters"] == len(reference.estimator.cluster_centers_)
         np.testing.assert_array_equal(parameters["cluster_centers"], estimator.cluster_centers_)
         assert_close(parameters["cluster_centers"], reference.estimator.cluster_centers_)
+        if algorithm == "affinity_propagation":
+            assert parameters["cluster_centers_indices"] == (
+                reference.estimator.cluster_centers_indices_.tolist()
+            )
         if reference.preprocessor is not None:
             assert_close(
                 parameters["cluster_centers_input_space"],
@@ -500,12 +659,27 @@ def test_parameters_are_json_and_equal_the_fitted_attributes(fitted, algorithm, 
             )
         else:
             assert "cluster_centers_input_space" not in parameters
-    elif algorithm == "dbscan":
-        assert parameters["n_core_samples"] == len(reference.dbscan.core_sample_indices_)
-        assert parameters["classes"] == reference.knn.classes_.tolist()
-        assert parameters["eps"] == DBSCAN_EPS[preprocessing]
-        assert parameters["max_distance"] == DBSCAN_EPS[preprocessing]
+    elif algorithm == "birch":
+        birch = reference.estimator
+        assert parameters["n_subclusters"] == len(birch.subcluster_centers_)
+        assert_close(parameters["subcluster_centers"], birch.subcluster_centers_)
+        assert parameters["subcluster_labels"] == birch.subcluster_labels_.tolist()
+        assert parameters["n_clusters"] == 3
+    elif reference.inductive:
+        assert parameters["classes"] == [-1, *reference.knn.classes_.tolist()]
+        assert parameters["n_clusters"] == len(reference.knn.classes_)
+        assert parameters["n_anchors"] == len(reference.anchors)
+        assert_close(parameters["max_distance"], reference.max_distance)
         assert parameters["n_neighbors"] == 5
+        if algorithm == "dbscan":
+            assert parameters["n_core_samples"] == len(reference.dbscan.core_sample_indices_)
+            assert parameters["eps"] == DBSCAN_EPS[preprocessing]
+            assert parameters["max_distance"] == DBSCAN_EPS[preprocessing]
+            assert "core_sample_indices" not in parameters
+            indices = model.parameters(core_sample_indices=True)["core_sample_indices"]
+            assert indices == reference.dbscan.core_sample_indices_.tolist()
+        if algorithm == "hdbscan":
+            assert_close(parameters["mean_probability"], reference.clusterer.probabilities_.mean())
     else:
         assert parameters["n_components"] == len(reference.estimator.weights_)
         assert parameters["covariance_type"] == "full"

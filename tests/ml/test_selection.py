@@ -11,7 +11,18 @@ from sklearn.metrics import silhouette_samples
 
 from app.ml.catalog import ALGORITHMS
 from app.ml.exceptions import HyperparameterError
-from app.ml.selection import elbow, expand_grid, grid_size, silhouette_diagram, summarize
+from app.ml.selection import (
+    CRITERIA,
+    ELBOW_METHOD,
+    SELECTABLE,
+    elbow,
+    elbow_curve,
+    evaluate_candidate,
+    expand_grid,
+    grid_size,
+    silhouette_diagram,
+    summarize,
+)
 
 KMEANS = ALGORITHMS["kmeans"]
 MIXTURE = ALGORITHMS["gaussian_mixture"]
@@ -122,6 +133,77 @@ def test_a_curve_of_fewer_than_three_points_has_no_elbow():
     assert elbow([2, 3], [10.0, 5.0]) is None
 
 
+def test_the_curve_reports_each_inner_points_slope_ratio():
+    curve = elbow_curve([4, 2, 3, 5], [12.0, 90.0, 40.0, 10.0])
+    assert curve == {
+        "elbow": 4.0,
+        "k": [2.0, 3.0, 4.0, 5.0],
+        "inertia": [90.0, 40.0, 12.0, 10.0],
+        "slope_ratio": [None, 50.0 / 28.0, 28.0 / 2.0, None],
+    }
+
+
+def test_the_slope_ratio_takes_the_grids_steps_into_account():
+    # k = 2, 4, 8, 16: the fall per unit of k, not per grid step.
+    curve = elbow_curve([2, 4, 8, 16], [100.0, 20.0, 12.0, 4.0])
+    assert curve["slope_ratio"] == [None, (80 / 2) / (8 / 4), (8 / 4) / (8 / 8), None]
+    assert curve["elbow"] == 4
+
+
+def test_where_the_curve_stops_falling_is_the_strongest_elbow():
+    # MiniBatchKMeans' inertia can rise with k; a curve that is flat or rises after k bends most.
+    curve = elbow_curve([1, 2, 3, 4, 5], [100.0, 60.0, 30.0, 31.0, 20.0])
+    assert curve["elbow"] == 3
+    assert curve["slope_ratio"][2] is None  # unbounded: not a number JSON can carry
+    assert curve["slope_ratio"][3] is None  # rises into 4: no elbow there
+    assert elbow([1, 2, 3], [5.0, 5.0, 5.0]) is None  # never falls
+
+
+def chapter_blobs() -> np.ndarray:
+    """The chapter's five blobs (three small, close together)."""
+    blob_centers = np.array([[0.2, 2.3], [-1.5, 2.3], [-2.8, 1.8], [-2.8, 2.8], [-2.8, 1.3]])
+    blob_std = np.array([0.4, 0.3, 0.1, 0.1, 0.1])
+    X, _ = make_blobs(n_samples=2000, centers=blob_centers, cluster_std=blob_std, random_state=7)
+    return X
+
+
+@pytest.fixture(scope="module")
+def chapter_inertias() -> dict[int, float]:
+    X = chapter_blobs()
+    return {
+        k: KMeans(n_clusters=k, n_init=10, random_state=42).fit(X).inertia_ for k in range(1, 13)
+    }
+
+
+@pytest.mark.parametrize("ks", [range(1, 10), range(2, 10), range(2, 13)], ids=str)
+def test_the_chapters_blobs_have_their_elbow_at_4_wherever_the_grid_starts(chapter_inertias, ks):
+    candidates = [kmeans_candidate(i, k, inertia=chapter_inertias[k]) for i, k in enumerate(ks)]
+    summary = summarize(KMEANS, candidates, ["n_clusters"])
+    assert summary["elbow"]["n_clusters"] == 4  # where the chapter reads it
+    assert summary["elbow"]["index"] == list(ks).index(4)
+    assert summary["elbow"]["method"] == ELBOW_METHOD
+    curve = summary["elbow"]["curve"]
+    assert curve["n_clusters"] == list(ks)
+    assert curve["inertia"] == [chapter_inertias[k] for k in ks]
+    ratios = curve["slope_ratio"]
+    assert ratios[0] is None and ratios[-1] is None
+    assert max(r for r in ratios if r is not None) == ratios[list(ks).index(4)]
+
+
+def test_the_chord_the_elbow_was_read_from_before_moved_with_the_grid(chapter_inertias):
+    """Why the chord (the point farthest from the line joining the ends, which is Kneedle's
+    knee on this curve) is not used: k = 1 adds a fall so steep that the bend moves to 3."""
+
+    def chord(ks: list[int]) -> int:
+        x = (np.asarray(ks, float) - ks[0]) / (ks[-1] - ks[0])
+        y = np.array([chapter_inertias[k] for k in ks])
+        y = (y - y.min()) / (y.max() - y.min())
+        return ks[int(np.argmax(np.abs(x[-1] * (y - y[0]) - (y[-1] - y[0]) * x)))]
+
+    assert chord(list(range(1, 10))) == 3
+    assert chord(list(range(2, 10))) == 4
+
+
 # -- silhouette_diagram ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def four_blobs() -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +273,16 @@ def test_summarize_picks_the_max_or_min_of_each_kmeans_criterion():
     assert best["silhouette"] == {"index": 1, "params": {"n_clusters": 3}, "value": 0.70}
     assert best["davies_bouldin"] == {"index": 2, "params": {"n_clusters": 4}, "value": 0.4}
     assert best["calinski_harabasz"] == {"index": 2, "params": {"n_clusters": 4}, "value": 400.0}
-    assert summary["elbow"] == {"n_clusters": 4, "index": 2}
+    assert summary["elbow"] == {
+        "n_clusters": 4,
+        "index": 2,
+        "method": ELBOW_METHOD,
+        "curve": {
+            "n_clusters": [2, 3, 4, 5, 6],
+            "inertia": [900.0, 300.0, 80.0, 70.0, 65.0],
+            "slope_ratio": [None, 600 / 220, 220 / 10, 10 / 5, None],
+        },
+    }
     assert best["inertia"] == {
         "index": 2,
         "params": {"n_clusters": 4},
@@ -233,7 +324,8 @@ def test_the_elbow_follows_the_best_silhouettes_other_grid_values():
     summary = summarize(KMEANS, candidates, ["n_clusters", "init"])
     assert summary["best"]["silhouette"]["params"] == {"n_clusters": 4, "init": "k-means++"}
     # On the k-means++ curve the bend is at 4 (on the random one it would be at 3).
-    assert summary["elbow"] == {"n_clusters": 4, "index": 6}
+    assert (summary["elbow"]["n_clusters"], summary["elbow"]["index"]) == (4, 6)
+    assert summary["elbow"]["curve"]["inertia"] == [500.0, 400.0, 60.0, 55.0]
 
 
 def test_summarize_picks_the_lowest_bic_and_aic_and_the_highest_likelihood():
@@ -254,3 +346,35 @@ def test_summarize_picks_the_lowest_bic_and_aic_and_the_highest_likelihood():
     assert (best["aic"]["index"], best["aic"]["value"]) == (3, 590.0)
     assert (best["log_likelihood"]["index"], best["log_likelihood"]["value"]) == (4, -270.0)
     assert "elbow" not in summary
+
+
+# -- the clusterers without inertia --------------------------------------------------------------
+def test_birch_agglomerative_and_hdbscan_are_selected_by_their_separation():
+    for name in ("birch", "agglomerative", "hdbscan"):
+        assert name in SELECTABLE
+        assert CRITERIA[name] == {
+            "silhouette": "max",
+            "davies_bouldin": "min",
+            "calinski_harabasz": "max",
+        }
+    for name in ("mean_shift", "affinity_propagation", "spectral", "dbscan"):
+        assert name not in SELECTABLE
+
+
+def test_the_diagram_of_a_clusterer_with_noise_leaves_the_noise_out(moons):
+    result, diagram = evaluate_candidate(
+        algorithm=ALGORITHMS["hdbscan"],
+        params={"min_cluster_size": 10},
+        preprocessing=[],
+        X=moons.X,
+        feature_names=None,
+        contamination=0.02,
+        diagram=True,
+    )
+    labels = result.model.training_labels
+    clustered = labels != -1
+    assert not clustered.all()
+    expected = silhouette_samples(moons.X[clustered], labels[clustered])
+    assert diagram["sample_size"] == clustered.sum()
+    assert diagram["mean"] == pytest.approx(expected.mean(), rel=1e-12)
+    assert diagram["mean"] == pytest.approx(result.metrics["silhouette"], rel=1e-12)

@@ -1,15 +1,27 @@
 """Algorithms router: the catalog."""
 
+from typing import Any
+
 from fastapi import APIRouter, Path
 
 from app.api.auth import READ, GuardedRoute
 from app.api.schemas import AlgorithmOut, Problem
 from app.errors import AlgorithmNotFound
-from app.ml.catalog import ALGORITHMS, Algorithm
+from app.ml.catalog import ALGORITHMS, EXAMPLE_ROWS, Algorithm
 
 router = APIRouter(
     prefix="/v1/algorithms", tags=["algorithms"], route_class=GuardedRoute, dependencies=[READ]
 )
+
+
+def _example(algorithm: Algorithm) -> dict[str, Any]:
+    """A training request that runs as it is (`POST /v1/models`)."""
+    return {
+        "name": f"{algorithm.name.replace('_', '-')}-example",
+        "algorithm": algorithm.name,
+        "params": algorithm.example_params,
+        "data": {"instances": EXAMPLE_ROWS},
+    }
 
 
 def _out(algorithm: Algorithm) -> AlgorithmOut:
@@ -20,6 +32,9 @@ def _out(algorithm: Algorithm) -> AlgorithmOut:
         summary=algorithm.summary,
         operations=list(algorithm.operations),
         params_schema=algorithm.params_schema,
+        max_training_rows=algorithm.max_training_rows,
+        max_training_rows_reason=algorithm.row_limit_reason or None,
+        example=_example(algorithm),
     )
 
 

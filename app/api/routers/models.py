@@ -107,15 +107,28 @@ def delete_version(version: ModelVersionDep, registry: RegistryDep) -> DeletedOu
     },
     dependencies=[READ],
 )
-def get_parameters(version: ModelVersionDep, registry: RegistryDep) -> ParametersOut:
-    """The fitted parameters: centroids; weights, means and covariances; core sample count;
+def get_parameters(
+    version: ModelVersionDep,
+    registry: RegistryDep,
+    core_sample_indices: Annotated[
+        bool,
+        Query(
+            description="DBSCAN: add `core_sample_indices`, the training row of every core "
+            "sample (one per core sample: up to every training row). Other algorithms have "
+            "none and ignore it."
+        ),
+    ] = False,
+) -> ParametersOut:
+    """The fitted parameters: centroids (BIRCH: subcluster centres); weights, means and
+    covariances; DBSCAN's core sample count (and indices on request), eps and `max_distance`;
+    the classes of `predict_proba` (`-1`, noise, first for the clusterers that have it);
     preprocessing; the anomaly threshold."""
     model = registry.load(version)
     return ParametersOut(
         model=version.name,
         version=version.version,
         algorithm=version.algorithm,
-        parameters=model.parameters(),
+        parameters=model.parameters(core_sample_indices=core_sample_indices),
     )
 
 
