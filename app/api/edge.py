@@ -24,7 +24,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.request_id import HEADER, internal_error, request_id_from
-from app.api.responses import problem
 from app.logging_config import request_id
 from app.observability import ServiceMetrics
 
@@ -118,8 +117,10 @@ class Edge:
         return None
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = problem(413, "payload_too_large", "Payload too large", self.too_large)
-        await refusal(scope, receive, send)
+        # Answered as every error is, by its handler (the protocol's shape on its paths).
+        refusal = BodyTooLarge(413, self.too_large)
+        handler = self._handler_for(refusal)
+        await (await self._answer(handler, scope, refusal))(scope, receive, send)
 
     def _limited(self, receive: Receive) -> Receive:
         """``receive``, raising ``BodyTooLarge`` once a body of no declared length passes the

@@ -1,8 +1,10 @@
-"""The exception handlers: every error leaves as application/problem+json."""
+"""The exception handlers: every error leaves as application/problem+json (on the Open Inference
+Protocol's paths, /v2, as its own error object: ``app.api.v2.errors``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -16,7 +18,10 @@ from starlette.responses import Response
 from app.api import schemas
 from app.api.responses import PROBLEM_MEDIA_TYPE, problem
 from app.api.schemas import Problem
+from app.api.v2.errors import for_the_protocol, on_protocol_path, protocol_error
 from app.errors import LloydError
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 log = logging.getLogger("app.errors")
 
@@ -96,7 +101,12 @@ def _document_problems(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = generate()
-        for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):
+        for operation in (
+            op
+            for path, item in schema.get("paths", {}).items()
+            if not on_protocol_path(path)  # the protocol documents its own errors
+            for op in item.values()
+        ):
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:
                 responses.setdefault(
@@ -139,10 +149,25 @@ def _hand_parsed_bodies(schema: dict[str, Any]) -> list[type[BaseModel]]:
     return [getattr(schemas, name) for name in sorted(names - known.keys())]
 
 
+def _in_the_protocol_shape(handler: Callable[[Request, Any], Awaitable[Response]]) -> Handler:
+    """``handler``, but on a path of the Open Inference Protocol (``/v2``): the protocol's own
+    error shape (``app.api.v2.errors``), whatever raised the error (a route, the edge's body
+    limit, an unknown path)."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        if for_the_protocol(request.scope):
+            return protocol_error(exc)
+        return await handler(request, exc)
+
+    return answer
+
+
 def install(app: FastAPI) -> None:
-    # Starlette types a handler as taking any Exception, not the class it is registered for.
-    app.add_exception_handler(LloydError, lloyd_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    for cls, handler in (
+        (LloydError, lloyd_error),
+        (RequestValidationError, validation_error),
+        (StarletteHTTPException, http_error),
+    ):
+        app.add_exception_handler(cls, _in_the_protocol_shape(handler))
     # app.api.edge answers every error with these, and anything else with its 500.
     _document_problems(app)

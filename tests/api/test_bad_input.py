@@ -485,7 +485,7 @@ INFERENCE_CASES = [
     pytest.param(
         "/v1/models/blobs/cluster", {"instances": [[1.0, 2.0]]}, 404, "not_found", id="route"
     ),
-    pytest.param("/v2/models", {"instances": [[1.0, 2.0]]}, 404, "not_found", id="prefix"),
+    pytest.param("/v3/models", {"instances": [[1.0, 2.0]]}, 404, "not_found", id="prefix"),
     pytest.param(
         "/v1/models/blobs/transform",
         {"instances": [[1e308, -1e308]]},

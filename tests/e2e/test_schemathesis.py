@@ -55,6 +55,9 @@ MODELS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "line-8": [("kmeans", {"n_clusters": 3, "random_state": 0})],
 }
 VALID_ROWS = [[0.5, 1.5], [-2.0, 3.0], [10.0, -4.0]]
+# The same rows as an Open Inference Protocol request (/v2), for the model's default output.
+V2_TENSOR = {"name": "input-0", "shape": [3, 2], "datatype": "FP64"}
+V2_BODY = {"inputs": [V2_TENSOR | {"data": [value for row in VALID_ROWS for value in row]}]}
 ROW_OPERATIONS = {"predict", "predict_proba", "transform", "score_samples", "score", "anomalies"}
 ROW_OPERATIONS |= {"bic", "aic"}
 CHECKS = [
@@ -189,8 +192,10 @@ def flatmap_path_parameters(context, path_parameters: dict[str, Any]) -> st.Sear
 
 def flatmap_body(context, body: Any) -> st.SearchStrategy:
     """Rows of the models' width in most inference bodies, so that generated requests reach the
-    operations' answers and not only their 422s."""
+    operations' answers and not only their 422s (on /v2, their 400s)."""
     operation = context.operation.path.rsplit("/", 1)[-1]
+    if operation == "infer" and isinstance(body, dict):
+        return st.sampled_from([V2_BODY, {**body, **V2_BODY}, body])
     if operation not in ROW_OPERATIONS or not isinstance(body, dict):
         return st.just(body)
     rows = {"instances": VALID_ROWS}
@@ -300,8 +305,8 @@ CREDENTIALS = {"no key": {}, "read-only key": {"Authorization": f"Bearer {READ_K
 @pytest.mark.parametrize("credentials", list(CREDENTIALS))
 @settings(deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_without_a_valid_key_answers_only_401_or_403(case, credentials):
-    """No key: 401 from every /v1 operation; a read-only key: 403 from the operations that
-    write; health stays open. Every answer as documented, never a 5xx."""
+    """No key: 401 from every /v1 and /v2 operation but health; a read-only key: 403 from the
+    operations that write; health stays open. Every answer as documented, never a 5xx."""
     response = case.call_and_validate(headers=CREDENTIALS[credentials], checks=CHECKS)
     record(credentials, case, response)
     scope = SCOPES[(case.method.upper(), case.path)]
@@ -309,7 +314,10 @@ def test_api_without_a_valid_key_answers_only_401_or_403(case, credentials):
         assert response.status_code not in (401, 403), response.text
     elif credentials != "read-only key":
         assert response.status_code == 401, response.text
-        assert response.json()["code"] == "unauthorized"
+        if case.path.startswith("/v2"):  # the Open Inference Protocol's own error object
+            assert set(response.json()) == {"error"}, response.text
+        else:
+            assert response.json()["code"] == "unauthorized"
         assert response.headers["www-authenticate"][0].startswith("Bearer")
     elif scope == "write":
         assert response.status_code == 403, response.text
@@ -466,6 +474,11 @@ MAIN_OPERATIONS |= {
     )
     for version in ("", "/versions/{version}")
 }
+MAIN_OPERATIONS |= {
+    "POST /v2/models/{name}/infer",
+    "POST /v2/models/{name}/versions/{version}/infer",
+    "GET /v2/models/{name}",
+}
 
 
 def test_generated_requests_called_every_operation_and_got_successes():
@@ -562,6 +575,22 @@ SUCCESSES = [
     request("POST", "/v1/models/{name}/versions/{version}/bic"),
     request("POST", "/v1/models/{name}/aic", body=VALID),
     request("POST", "/v1/models/{name}/versions/{version}/aic", version="2"),
+    request("GET", "/v2/health/live"),
+    request("GET", "/v2/health/ready"),
+    request("GET", "/v2"),
+    request("GET", "/v2/models/{name}"),
+    request("GET", "/v2/models/{name}/versions/{version}", version="production"),
+    request("GET", "/v2/models/{name}/ready", name="line-8"),
+    request("GET", "/v2/models/{name}/versions/{version}/ready", version="1"),
+    request(
+        "POST", "/v2/models/{name}/infer", body=V2_BODY | {"outputs": [{"name": "predict_proba"}]}
+    ),
+    request(
+        "POST",
+        "/v2/models/{name}/versions/{version}/infer",
+        version="1",
+        body=V2_BODY | {"id": "k", "outputs": [{"name": "transform"}, {"name": "is_anomaly"}]},
+    ),
 ]
 
 
