@@ -1,5 +1,6 @@
 """The operations endpoints (health, readiness, Prometheus metrics) and the OpenAPI document:
-every operation described, every request body with an example, and every example working."""
+every operation described, every request body and path parameter with an example (that each
+works as is: tests/api/test_openapi_examples.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from tests.api.contract import (
-    ALL_OPERATIONS,
     BLOBS,
-    OPERATIONS,
     assert_problem,
     call,
     train,
@@ -137,79 +136,7 @@ def test_every_request_body_and_path_parameter_has_an_example(spec):
         if schema is not None and not schema.get("examples"):
             without.append(f"{method} {path} body")
         for parameter in operation.get("parameters", []):
-            if parameter["in"] == "path" and not parameter["schema"].get("examples"):
+            examples = parameter.get("examples") or parameter["schema"].get("examples")
+            if parameter["in"] == "path" and not examples:
                 without.append(f"{method} {path} {parameter['name']}")
     assert without == []
-
-
-def url_of(path: str, operation: dict[str, Any], job_id: str) -> str:
-    for parameter in operation.get("parameters", []):
-        if parameter["in"] == "path":
-            # A job id cannot be known in advance: the one of the example's training stands in.
-            example = (
-                job_id if parameter["name"] == "job_id" else parameter["schema"]["examples"][0]
-            )
-            path = path.replace("{" + parameter["name"] + "}", str(example))
-    return path
-
-
-def expected_status(method: str, path: str, algorithm: str) -> int:
-    last = path.rsplit("/", 1)[1]
-    if method == "POST" and last in ALL_OPERATIONS and last not in OPERATIONS[algorithm]:
-        return 422
-    if method == "DELETE" and "/aliases/" in path:
-        return 204
-    if method == "DELETE" and path.startswith("/v1/jobs/"):
-        return 409  # the training's job has finished: too late to cancel
-    return 200
-
-
-def example_bodies(schema: dict[str, Any] | None, required: bool) -> list[Any]:
-    """The body's examples, a body of the ``records`` field's example, and no body when the body
-    is optional."""
-    if schema is None:
-        return [None]
-    bodies = list(schema["examples"])
-    records = schema["properties"].get("records", {}).get("examples", [])
-    bodies += [{"records": example} for example in records]
-    return bodies if required else [*bodies, None]
-
-
-# The alias goes before the version it points at, the version before its model.
-DELETE_ORDER = [
-    "/v1/models/{name}/aliases/{alias}",
-    "/v1/models/{name}/versions/{version}",
-    "/v1/models/{name}",
-]
-
-
-def delete_rank(path: str) -> int:
-    return 1 + (DELETE_ORDER.index(path) if path in DELETE_ORDER else len(DELETE_ORDER))
-
-
-def test_every_example_works_as_is(client, spec):
-    """The TrainRequest example trains; then every endpoint, called with its parameters' and
-    body's examples, answers as documented (deletions last, the alias before the model)."""
-    train_example = spec["components"]["schemas"]["TrainRequest"]["examples"][0]
-    trained = client.post("/v1/models", json=train_example)
-    assert trained.status_code == 201, trained.text
-    algorithm = train_example["algorithm"]
-    job_id = client.get("/v1/jobs").json()["items"][0]["id"]
-
-    calls = [(m, p, o) for m, p, o in operations_of(spec) if (m, p) != ("POST", "/v1/models")]
-    calls.sort(key=lambda c: delete_rank(c[1]) if c[0] == "DELETE" else 0)
-    exercised = set()
-    for method, path, operation in calls:
-        url = url_of(path, operation, job_id)
-        required = operation.get("requestBody", {}).get("required", False)
-        for body in example_bodies(body_schema(spec, operation), required):
-            response = client.request(method, url, json=body)
-            want = expected_status(method, path, algorithm)
-            assert response.status_code == want, (method, url, body, response.text)
-            if want == 422:
-                assert_problem(response, 422, "unsupported_operation")
-            if want == 409:
-                assert_problem(response, 409, "job_finished")
-            exercised.add((method, path))
-    assert len(exercised) == len(calls)
-    assert_problem(client.get("/v1/models/line-7"), 404, "model_not_found")

@@ -13,12 +13,18 @@ from app.registry.job_store import MAX_OFFSET
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GuardedRoute, dependencies=[WRITE])
 
+# A job's id is drawn when it is queued: an example can only be one no job has, and says so
+# (x-expected-status: what it answers as is).
+JOB_ID_EXAMPLES: dict[str, Any] = {
+    "unknown": {
+        "summary": "An id no job has: 404 (a real one is in a 202's Location)",
+        "value": "3f0c2b1e-7a4d-4c55-9a51-0d6f2f1f4b2a",
+        "x-expected-status": 404,
+    }
+}
 JobId = Annotated[
     str,
-    Path(
-        description="The job's id (from a 202's Location).",
-        examples=["3f0c2b1e-7a4d-4c55-9a51-0d6f2f1f4b2a"],
-    ),
+    Path(description="The job's id (from a 202's Location).", openapi_examples=JOB_ID_EXAMPLES),
 ]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such job."}
