@@ -40,12 +40,26 @@ class Settings(BaseSettings):
         description="Endpoint of an S3-compatible object store (MinIO, Ceph, ...) for an "
         "`s3://` LLOYD_MODELS_STORE; unset: AWS S3 itself.",
     )
-    host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
-    port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
-    workers: int = Field(1, ge=1, le=64, description="Uvicorn worker processes.")
+    host: str = Field(
+        "127.0.0.1", description="Address `python -m app serve` listens on (or its --host)."
+    )
+    port: int = Field(
+        8000, ge=1, le=65535, description="Port `python -m app serve` listens on (or its --port)."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Uvicorn worker processes of `python -m app serve` (or its --workers).",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text, or as one JSON object per line."
+    )
+    access_log: bool = Field(
+        True,
+        description="One access line per request (uvicorn's, with its request id) at log "
+        "levels debug and info, whichever server runs the app; off: none.",
     )
     migrate_on_startup: bool = Field(
         True, description="Apply the Alembic migrations when the app starts."
@@ -195,13 +209,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _load_api_keys(self) -> Settings:
-        keys: list[ApiKey] = parse_api_keys(self.api_keys)
+        try:
+            keys: list[ApiKey] = parse_api_keys(self.api_keys)
+        except ValueError as exc:
+            raise ValueError(f"LLOYD_API_KEYS: {exc}") from None
         if self.api_keys_file is not None:
             try:
                 text = self.api_keys_file.read_text()
             except OSError as exc:
                 raise ValueError(f"LLOYD_API_KEYS_FILE cannot be read: {exc}") from exc
-            keys += parse_api_keys(text)
+            try:
+                keys += parse_api_keys(text)
+            except ValueError as exc:
+                raise ValueError(f"LLOYD_API_KEYS_FILE {self.api_keys_file}: {exc}") from None
         self._key_ring = KeyRing(keys)
         return self
 

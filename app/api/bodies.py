@@ -12,7 +12,9 @@ number as the same correctly rounded float64 (tested bit for bit). A body of mor
 fast path is not certain (a refused value, ragged or empty rows, ``records``, a field the model
 refuses), the body is validated by the pydantic model as a whole instead, so that every error is
 the one the schema gives, with its exact location. A ``.npy`` body is read as the rows
-themselves (see ``app.api.binary``).
+themselves (see ``app.api.binary``), and so is a ``text/csv`` one (``app.api.csv_rows``: its
+header row, if any, names the columns); the other fields of either come in the
+``Lloyd-Request`` header.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from app.api.binary import NPY_MEDIA_TYPE, REQUEST_HEADER, read_npy, request_fields
+from app.api.csv_rows import CSV_MEDIA_TYPE, read_csv
 from app.errors import InvalidInput, LloydError, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
@@ -53,8 +56,10 @@ class ParsedBody(Generic[M]):
     fields: M | None
     rows: np.ndarray | None = None
     # Where the rows sit in the request, for error locations: ["instances"] in JSON, [] when
-    # the body is the .npy array itself.
+    # the body is the .npy array (or the CSV) itself.
     rows_at: tuple[str, ...] = ("instances",)
+    # The rows' column names, from a CSV body's header row (None for every other body).
+    columns: tuple[str, ...] | None = None
 
 
 def _invalid(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> RequestValidationError:
@@ -233,16 +238,20 @@ async def rows_body(
     optional: bool = False,
 ) -> ParsedBody[M]:
     """A body of ``content_type`` as ``model`` (rows as a matrix where the fast path took
-    them; ``fields_header``: the ``Lloyd-Request`` header, the other fields of a ``.npy``
-    body). Errors are the ones FastAPI would give for a ``model`` body: 400 for malformed JSON,
-    422 with JSON pointers; plus 415 for a media type that is neither JSON nor ``.npy``."""
+    them; ``fields_header``: the ``Lloyd-Request`` header, the other fields of a ``.npy`` or
+    CSV body). Errors are the ones FastAPI would give for a ``model`` body: 400 for malformed
+    JSON, 422 with JSON pointers; plus 415 for a media type that is neither JSON, ``.npy`` nor
+    CSV."""
     media = content_type.split(";", 1)[0].strip().lower()
     takes_rows = _takes_rows(model)
     if media == NPY_MEDIA_TYPE and takes_rows:
         return _binary(fields_header, model, raw)
+    if media == CSV_MEDIA_TYPE and takes_rows:
+        if len(raw) >= THREAD_PARSE_MIN_BYTES:
+            return await run_in_threadpool(_csv, fields_header, model, raw, content_type)
+        return _csv(fields_header, model, raw, content_type)
     if not is_json_media(media):
-        accepted = "application/json" + (f" or {NPY_MEDIA_TYPE}" if takes_rows else "")
-        raise UnsupportedMediaType(f"the body must be {accepted}, not {media!r}")
+        raise UnsupportedMediaType(f"the body must be {_accepted(takes_rows)}, not {media!r}")
     # (No strip() of the whole body: it would copy it.)
     if not raw or raw.isspace() or (optional and len(raw) < 64 and raw.strip() == b"null"):
         if optional:
@@ -253,6 +262,12 @@ async def rows_body(
     if len(raw) >= THREAD_PARSE_MIN_BYTES:
         return await run_in_threadpool(_parse_json, model, raw)
     return _parse_json(model, raw)
+
+
+def _accepted(takes_rows: bool) -> str:
+    """The media types a body may have (rows: also ``.npy`` and CSV)."""
+    rows = f", {NPY_MEDIA_TYPE} or {CSV_MEDIA_TYPE}" if takes_rows else ""
+    return f"application/json{rows}"
 
 
 @functools.cache
@@ -287,18 +302,38 @@ def _other_fields(model: type[M], fields: dict[str, msgspec.Raw]) -> M:
 def _binary(header: str | None, model: type[M], raw: bytes | bytearray) -> ParsedBody[M]:
     """Rows from the ``.npy`` body; the other fields from the ``Lloyd-Request`` header (for a
     training, every field but ``data``)."""
+    fields = _header_fields(header, ".npy")
+    X = read_npy(raw)
+    return ParsedBody(_beside_rows(model, fields), X, rows_at=())
+
+
+def _csv(
+    header: str | None, model: type[M], raw: bytes | bytearray, content_type: str
+) -> ParsedBody[M]:
+    """Rows (and their column names, from a header row) from the CSV body; the other fields
+    from the ``Lloyd-Request`` header, as for a ``.npy`` body."""
+    fields = _header_fields(header, "CSV")
+    rows = read_csv(raw, content_type)
+    return ParsedBody(_beside_rows(model, fields), rows.matrix, rows_at=(), columns=rows.columns)
+
+
+def _header_fields(header: str | None, wire: str) -> dict[str, Any]:
+    """The ``Lloyd-Request`` header's fields beside a body of rows in the ``wire`` format."""
     fields = request_fields(header)
-    rows_field = "instances" if "instances" in model.model_fields else "data"
     if {"instances", "records", "data"} & fields.keys():
         raise InvalidInput(
-            "with a .npy body the rows are the body: leave 'instances', 'records' and 'data' "
+            f"with a {wire} body the rows are the body: leave 'instances', 'records' and 'data' "
             "out of the Lloyd-Request header",
             at=["header", REQUEST_HEADER],
         )
-    X = read_npy(raw)
+    return fields
+
+
+def _beside_rows(model: type[M], fields: dict[str, Any]) -> M:
+    """``model`` from the header's ``fields`` and empty rows (the rows are the body's)."""
+    rows_field = "instances" if "instances" in model.model_fields else "data"
     empty: Any = [] if rows_field == "instances" else {"instances": []}
     try:
-        parsed = model.model_validate_json(orjson.dumps(fields | {rows_field: empty}))
+        return model.model_validate_json(orjson.dumps(fields | {rows_field: empty}))
     except ValidationError as exc:
         raise _invalid(exc, ("header", REQUEST_HEADER)) from None
-    return ParsedBody(parsed, X, rows_at=())

@@ -4,10 +4,14 @@ Alembic upgrade run at start-up."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -88,3 +92,36 @@ def upgrade_database(engine: Engine) -> None:
         hold_lock(connection, MIGRATION_LOCK)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """Where a database stands against the migration scripts."""
+
+    current: tuple[str, ...]  # the revisions it is at (none: no schema yet)
+    heads: tuple[str, ...]  # the scripts' latest
+    pending: int  # migrations ``upgrade_database`` would apply
+    unknown: tuple[str, ...]  # revisions it is at that the scripts do not know (a newer Lloyd)
+
+
+def migration_state(engine: Engine | None) -> MigrationState:
+    """``engine``'s database against the scripts, read without changing anything; None: a
+    database that does not exist yet (every migration is pending)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = tuple(script.get_heads())
+    current: tuple[str, ...] = ()
+    if engine is not None:
+        with engine.connect() as connection:
+            current = tuple(MigrationContext.configure(connection).get_current_heads())
+    unknown = []
+    for revision in current:
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            unknown.append(revision)
+    if unknown:
+        return MigrationState(current, heads, 0, tuple(unknown))
+    pending = len(list(script.iterate_revisions(heads, current or "base")))
+    # (From "base", iterate_revisions counts the revisions up to head; from a revision, those
+    # after it.)
+    return MigrationState(current, heads, pending, ())

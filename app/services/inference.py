@@ -24,7 +24,7 @@ from app.ml.finite import all_finite
 from app.ml.model import FittedModel
 from app.registry.model_registry import ModelRegistry
 from app.registry.records import ModelVersion
-from app.services.rows import instances_to_array, records_to_array
+from app.services.rows import instances_to_array, named_columns_to_array, records_to_array
 from app.settings import Settings
 
 
@@ -32,7 +32,9 @@ from app.settings import Settings
 class OperationInput:
     """An operation's input. Rows come as exactly one of ``matrix`` (already float64: a
     transport's fast parser or a binary body), ``instances`` or ``records``; none for ``sample``
-    and for ``bic``/``aic`` on the training set. The rest are the options of ``anomalies``
+    and for ``bic``/``aic`` on the training set. ``columns`` names the matrix's columns (a CSV
+    header): for a model with feature names they are mapped to its features as records' keys
+    are, else the columns are taken in order. The rest are the options of ``anomalies``
     (``threshold`` or ``contamination``, ``explain``, ``top_features``) and of ``sample``."""
 
     matrix: np.ndarray | None = None
@@ -44,6 +46,7 @@ class OperationInput:
     top_features: int | None = None
     n_samples: int = 1
     random_state: int | None = None
+    columns: Sequence[str] | None = None
 
     @property
     def has_rows(self) -> bool:
@@ -88,6 +91,10 @@ def rows_of(version: ModelVersion, given: OperationInput, settings: Settings) ->
         if given.matrix is not None
         else instances_to_array(given.instances or [], loc=["instances"])
     )
+    if given.columns is not None and version.feature_names is not None:
+        X = named_columns_to_array(
+            X, given.columns, feature_names=version.feature_names, loc=["columns"]
+        )
     if X.shape[1] != version.n_features:
         raise InvalidInput(
             f"rows have {X.shape[1]} features; {version.label} was trained on {version.n_features}",

@@ -1,4 +1,5 @@
-"""Posted rows (``instances`` or ``records``) turned into one float64 matrix, or a clear error."""
+"""Posted rows (``instances``, ``records``, or a matrix whose columns are named) turned into one
+float64 matrix, or a clear error."""
 
 from __future__ import annotations
 
@@ -61,3 +62,32 @@ def records_to_array(
         count=len(records) * len(names),
     ).reshape(len(records), len(names))
     return X, names
+
+
+def named_columns_to_array(
+    X: np.ndarray, columns: Sequence[str], *, feature_names: list[str], loc: list[str | int]
+) -> np.ndarray:
+    """A matrix whose columns are named (a CSV header) in the column order of ``feature_names``:
+    the same names are required as of records, in any order, and a mismatch is located as a
+    record's is, at the first missing name, else the first unknown one (``loc``: where the
+    names sit)."""
+    if list(columns) == feature_names:
+        return X
+    if len(set(columns)) != len(columns):
+        raise _error("column names must be unique", loc)
+    given, expected = set(columns), set(feature_names)
+    if given != expected:
+        missing = [name for name in feature_names if name not in given]
+        unknown = [name for name in columns if name not in expected]
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unknown:
+            parts.append(f"unknown {unknown}")
+        raise _error(
+            f"the columns {list(columns)} do not match the features {feature_names}: "
+            f"{', '.join(parts)}",
+            [*loc, (missing or unknown)[0]],
+        )
+    position = {name: index for index, name in enumerate(columns)}
+    return np.ascontiguousarray(X[:, [position[name] for name in feature_names]])

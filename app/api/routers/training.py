@@ -46,7 +46,11 @@ TRAINING_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 UNSUPPORTED_MEDIA_TYPE: dict[int | str, dict[str, Any]] = {
-    415: {"model": Problem, "description": "A body neither JSON nor `.npy`."}
+    415: {
+        "model": Problem,
+        "description": "A body neither JSON, `.npy` nor CSV (or a CSV `header` or `charset` "
+        "parameter that is not understood).",
+    }
 }
 
 
@@ -87,7 +91,8 @@ async def train_model(request: Request, service: JobServiceDep) -> Response:
     metadata are both stored, or 202 with the job (`wait: false`, or a fit longer than
     LLOYD_SYNC_TIMEOUT_SECONDS).
 
-    The rows may also be sent as a `.npy` array (`Content-Type: application/x-npy`), with
+    The rows may also be sent as a `.npy` array (`Content-Type: application/x-npy`) or as CSV
+    (`Content-Type: text/csv`; a header row names the features, as `records` keys do), with
     every other field, as JSON, in the `Lloyd-Request` header.
     """
     parsed = await parse_rows_body(request, TrainRequest)
@@ -96,7 +101,9 @@ async def train_model(request: Request, service: JobServiceDep) -> Response:
     with located(in_body):
         # Rows into a matrix and every check, in the thread pool: a large body takes a while.
         job, handle = await run_in_threadpool(
-            lambda: training.start_training(service, *training_input(body, parsed.rows))
+            lambda: training.start_training(
+                service, *training_input(body, parsed.rows, parsed.columns)
+            )
         )
         job = await finished(job, handle, wait=body.wait, service=service)
     if job.status != SUCCEEDED or handle.outcome is None:
@@ -127,7 +134,7 @@ async def select_model(request: Request, service: JobServiceDep) -> Response:
     convergence. Bayesian mixtures: effective components and weights. The best candidate under
     each criterion; with `register`, the best under its criterion becomes a new version.
     Candidates are fitted in parallel worker processes; a long grid answers 202 with its job.
-    The rows may be a `.npy` body, as for a training.
+    The rows may be a `.npy` or CSV body, as for a training.
     """
     # Read here, after the route's key check, never before it (see app.api.bodies).
     parsed = await parse_rows_body(request, ModelSelectionRequest)
@@ -135,7 +142,9 @@ async def select_model(request: Request, service: JobServiceDep) -> Response:
     assert body is not None
     with located(in_body):
         job, handle = await run_in_threadpool(
-            lambda: selection.start_selection(service, *selection_input(body, parsed.rows))
+            lambda: selection.start_selection(
+                service, *selection_input(body, parsed.rows, parsed.columns)
+            )
         )
         job = await finished(job, handle, wait=body.wait, service=service)
     if job.status != SUCCEEDED:
