@@ -15,12 +15,13 @@ from starlette.types import ASGIApp
 from threadpoolctl import threadpool_limits
 
 import app as lloyd
-from app.api import problems
+from app.api import docs_pages, problems
 from app.api.auth import AUTH_ERRORS
 from app.api.edge import Edge
 from app.api.operation_routes import operation_routes
 from app.api.operations import OPERATIONS
 from app.api.routers import algorithms, health, jobs, models, training
+from app.api.v2.routes import router as open_inference_protocol
 from app.lifecycle import start_services
 from app.logging_config import configure_logging
 from app.observability import ServiceMetrics
@@ -63,7 +64,7 @@ def ipaddress_is_loopback(host: str) -> bool:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Engines open and migrations run in the lifespan, not here."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     cache = ModelCache(settings.model_cache_size)
     metrics = ServiceMetrics(cache)
 
@@ -106,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Lloyd's Prometheus metrics measure every request; FastAPI's OpenTelemetry hooks, which
         # cost a check per request even when nothing is configured, stay off.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Served by app.api.docs_pages from Lloyd's own assets, not FastAPI's CDN-loading pages.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.key_ring = settings.key_ring
@@ -116,9 +120,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes[:0] = operation_routes(OPERATIONS)
     # Scopes: `read` lists, inspects and runs inference; `write` trains, deletes and runs jobs.
     # Each router declares them (the models router, which mixes both, per route).
+    # /v2, the Open Inference Protocol, next: the other routers pass it by its prefix.
+    app.include_router(open_inference_protocol)
     for router in (training.router, jobs.router, algorithms.router, models.router):
         app.include_router(router, responses=AUTH_ERRORS)
     app.include_router(health.router)
+    docs_pages.install(app)
     return app
 
 

@@ -20,10 +20,11 @@ pytest_plugins = ["tests.s3"]
 
 TESTS = Path(__file__).parent
 # Marked `slow` (scripts/test -m "not slow" runs the rest, the fast part, in under a minute):
-# the end-to-end tests, which start real server processes, and the modules whose many tests
-# each train through worker processes in an app of their own, or start Dask or an S3 server.
+# the end-to-end tests and the client's, which start real servers, and the modules whose many
+# tests each train through worker processes in an app of their own, or start Dask or S3.
 SLOW = [
     TESTS / "e2e",
+    TESTS / "client",
     *(
         TESTS / "api" / f"test_{name}.py"
         for name in (
@@ -37,6 +38,7 @@ SLOW = [
             "models",
             "request_id",
             "training_handoff",
+            "clusterers",
         )
     ),
     TESTS / "registry" / "test_model_registry.py",

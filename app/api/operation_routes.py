@@ -7,15 +7,17 @@ row, and guarded like every route (the route's ``Requirement``: the key and its 
 They serve as ASGI apps of their own instead of through FastAPI's request handling, whose
 dependency resolution and response validation cost more than a 1-row prediction: the version
 from the resolution cache, the body read by ``rows_body`` (rows straight into a float64
-matrix, JSON or ``.npy``), translated once into the inference service's input, and the answer
-written as JSON or ``.npy``. Errors are raised, and answered at the edge, once.
+matrix: JSON, ``.npy`` or CSV), translated once into the inference service's input, and the
+answer written as JSON or ``.npy``. Errors are raised, and answered at the edge, once.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from inspect import Parameter, Signature
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -23,7 +25,8 @@ from starlette.types import Receive, Scope, Send
 from app.api.auth import A_VALID_KEY, AUTH_ERRORS, READ, WRITE, GuardedRoute, requirement_of
 from app.api.binary import NPY_MEDIA_TYPE, REQUEST_HEADER, RESPONSE_HEADER
 from app.api.bodies import ParsedBody, receive_body, rows_body
-from app.api.deps import NamePath, VersionPath, resolve_version
+from app.api.csv_rows import CSV_MEDIA_TYPE
+from app.api.deps import VersionPath, resolve_version
 from app.api.locations import rows_at
 from app.api.operation_answer import operation_answer
 from app.api.operations import OperationEntry
@@ -42,7 +45,11 @@ OPERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     },
     406: {"model": Problem, "description": "`.npy` asked for an answer sent as JSON only."},
     413: {"model": Problem, "description": "Too many rows, or body too large."},
-    415: {"model": Problem, "description": "A body neither JSON nor `.npy`."},
+    415: {
+        "model": Problem,
+        "description": "A body neither JSON, `.npy` nor CSV (or a CSV `header` or `charset` "
+        "parameter that is not understood).",
+    },
     422: {
         "model": Problem,
         "description": "Invalid rows (ragged, non-numeric, non-finite, wrong width), or an "
@@ -55,24 +62,43 @@ NPY_CONTENT = {
     "description": "A NumPy `.npy` 2-D numeric array (rows x features); the request's other "
     "fields as a JSON object in the `Lloyd-Request` header.",
 }
+CSV_CONTENT = {
+    "schema": {"type": "string"},
+    "description": "Rows as CSV (RFC 4180): one row per line, cells separated by commas. A "
+    "header row names the columns: for a model trained with feature names they must be those "
+    "names, in any order (as `records` keys); for a training they become its `feature_names`. "
+    "Without `header=present` or `header=absent` in the content type, the first row is a "
+    "header when none of its cells is a number. The request's other fields as a JSON object "
+    "in the `Lloyd-Request` header.",
+    "example": "temperature,pressure\n0.1,2.3\n0.2,2.1\n5.1,0.3\n",
+}
 LLOYD_REQUEST_HEADER = {
     "name": "Lloyd-Request",
     "in": "header",
     "required": False,
-    "description": "With a `.npy` body only: the request's fields other than the rows, as a JSON "
-    'object (e.g. `{"contamination": 0.05}`).',
+    "description": "With a `.npy` or CSV body only: the request's fields other than the rows, "
+    'as a JSON object (e.g. `{"contamination": 0.05}`).',
     "schema": {"type": "string"},
 }
 
 
 def rows_request_body(body_model: type[BaseModel], *, optional: bool) -> dict[str, Any]:
     """The OpenAPI ``requestBody`` of a body read by ``parse_rows_body``: the model as JSON and,
-    where it carries rows, ``.npy``. (``app.api.problems`` adds the model to the components.)"""
+    where it carries rows, ``.npy`` and CSV. (``app.api.problems`` adds the model to the
+    components.)"""
     content: dict[str, Any] = {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{body_model.__name__}"}}
     }
     if {"instances", "data"} & body_model.model_fields.keys():
         content[NPY_MEDIA_TYPE] = NPY_CONTENT
+        # The example is a whole request of an operation; a training's CSV needs its fields
+        # (name, algorithm) in the Lloyd-Request header, which OpenAPI cannot tie to one media
+        # type: its example is the README's curl session.
+        content[CSV_MEDIA_TYPE] = (
+            CSV_CONTENT
+            if "instances" in body_model.model_fields
+            else {k: v for k, v in CSV_CONTENT.items() if k != "example"}
+        )
     return {"required": not optional, "content": content}
 
 
@@ -94,12 +120,20 @@ def _ok_response() -> dict[str, Any]:
     }
 
 
-async def _latest_documented(name: NamePath) -> None:
-    """Documents the latest-version route's parameters; never called (``serve`` serves)."""
+class _Documented:
+    """What FastAPI documents a route's path parameters from, as an endpoint's signature (never
+    called: ``serve`` serves): the model's name, whose example is the model the operation's
+    examples run on (``OperationEntry.example_model``), and, for a named version, the version."""
 
+    def __init__(self, example_model: str, *, versioned: bool) -> None:
+        name = Annotated[str, Path(description="The model's name.", examples=[example_model])]
+        parameters = [Parameter("name", Parameter.KEYWORD_ONLY, annotation=name)]
+        if versioned:
+            parameters.append(Parameter("version", Parameter.KEYWORD_ONLY, annotation=VersionPath))
+        self.__signature__ = Signature(parameters)
 
-async def _version_documented(name: NamePath, version: VersionPath) -> None:
-    """Documents the named-version route's parameters; never called (``serve`` serves)."""
+    async def __call__(self, **_: str) -> None:
+        return None
 
 
 class OperationRoute(GuardedRoute):
@@ -116,7 +150,7 @@ class OperationRoute(GuardedRoute):
         )
         super().__init__(
             path,
-            _version_documented if versioned else _latest_documented,
+            _Documented(entry.example_model, versioned=versioned),
             methods=["POST"],
             name=f"{name}_{'version' if versioned else 'latest'}",
             summary=f"{name} (a version, alias or latest)"
@@ -215,5 +249,6 @@ def operation_input(parsed: ParsedBody[Any]) -> OperationInput:
         matrix=parsed.rows,
         instances=values.get("instances") if parsed.rows is None else None,
         records=values.get("records"),
+        columns=parsed.columns,
         **options,
     )

@@ -43,6 +43,9 @@ class OperationEntry:
     # No body at all is a request too (sample: one row; bic and aic: the training-set value).
     body_optional: bool = False
     scope: Literal["read", "write"] = "read"
+    # The model its documented examples run on, as the `name` parameter's example: one a
+    # training example trains (TrainRequest's), with an algorithm that has the operation.
+    example_model: str = "line-7"
 
     @property
     def takes_rows(self) -> bool:
@@ -58,7 +61,8 @@ OPERATIONS: tuple[OperationEntry, ...] = (
         PredictOut,
         ("labels",),
         "Cluster label per row, exactly scikit-learn's `predict`. `-1` is noise (DBSCAN: "
-        "farther than `max_distance` from every core sample).",
+        "farther than `max_distance` from every core sample; agglomerative, spectral, HDBSCAN: "
+        "from every clustered training row).",
     ),
     OperationEntry(
         Operation.PREDICT_PROBA,
@@ -67,7 +71,10 @@ OPERATIONS: tuple[OperationEntry, ...] = (
         PredictProbaOut,
         ("probabilities",),
         "Soft clustering: per row, the probability of each class in `classes` (mixtures: "
-        "component responsibilities; DBSCAN: vote shares of the nearest core samples).",
+        "component responsibilities; DBSCAN, agglomerative, spectral, HDBSCAN: vote shares of "
+        "the nearest core samples or clustered training rows, with `-1`, noise, as the first "
+        "class: a row `predict` calls noise has probability 1 of `-1` and 0 of every cluster, "
+        "any other row 0 of `-1`).",
     ),
     OperationEntry(
         Operation.TRANSFORM,
@@ -75,8 +82,9 @@ OPERATIONS: tuple[OperationEntry, ...] = (
         InferenceRequest,
         TransformOut,
         ("distances",),
-        "k-means: the distance from each row to every centroid (in the model's space, after any "
-        "preprocessing).",
+        "k-means: the distance from each row to every centroid; BIRCH: to every subcluster "
+        "centre (in the model's space, after any preprocessing).",
+        example_model="press-3",
     ),
     OperationEntry(
         Operation.SCORE_SAMPLES,
@@ -102,10 +110,13 @@ OPERATIONS: tuple[OperationEntry, ...] = (
         AnomaliesRequest,
         AnomaliesOut,
         ("anomaly_scores", "is_anomaly", "percentiles"),
-        "Anomaly scores (higher is more anomalous: distance to the nearest centroid, to the "
-        "nearest DBSCAN core sample, or negative log-density), `is_anomaly` against the "
-        "threshold stored at training (or the one a `contamination` or `threshold` in the "
-        "request gives), and each row's percentile among the training rows.",
+        "Anomaly scores (higher is more anomalous: distance to the nearest centroid, exemplar "
+        "or subcluster, to the nearest DBSCAN core sample or clustered training row, or "
+        "negative log-density), `is_anomaly` against the threshold stored at training (or the "
+        "one a `contamination` or `threshold` in the request gives), and each row's percentile "
+        "among the training rows. For DBSCAN, agglomerative, spectral and HDBSCAN the stored "
+        "threshold is `max_distance`: a row is an anomaly exactly when `predict` calls it "
+        "noise.",
     ),
     OperationEntry(
         Operation.SAMPLE,

@@ -29,6 +29,11 @@ Contamination = Annotated[float, Strict(), Field(ge=0.0, le=MAX_CONTAMINATION)]
 
 # JsonValue: the type json_schema_extra takes (list is invariant, list[list[float]] is not one).
 EXAMPLE_INSTANCES: list[JsonValue] = [[0.1, 2.3], [0.2, 2.1], [5.1, 0.3]]
+# Two groups of six parts (the README's session trains k-means on them).
+SELECTION_EXAMPLE_ROWS: list[JsonValue] = [
+    [0.1, 2.3], [0.2, 2.1], [0.15, 2.2], [0.12, 2.25], [0.18, 2.32], [0.09, 2.18],
+    [5.1, 0.3], [5.0, 0.4], [5.2, 0.35], [5.05, 0.32], [4.95, 0.28], [5.12, 0.41],
+]  # fmt: skip
 
 
 class Strict_(BaseModel):
@@ -199,6 +204,14 @@ class TrainRequest(Strict_):
                         ]
                     },
                 },
+                {
+                    "name": "press-3",
+                    "algorithm": "kmeans",
+                    "params": {"n_clusters": 2, "random_state": 0},
+                    "anomaly": {"contamination": 0.1},
+                    "data": {"instances": SELECTION_EXAMPLE_ROWS},
+                    "feature_names": ["temperature", "pressure"],
+                },
             ]
         },
     )
@@ -318,6 +331,15 @@ class AlgorithmOut(BaseModel):
     summary: str
     operations: list[str]
     params_schema: dict[str, Any]
+    max_training_rows: int | None = Field(
+        None,
+        description="The most rows one training takes (413 beyond): set for the algorithms "
+        "whose memory grows with the square of the rows; null: only LLOYD_MAX_TRAINING_CELLS.",
+    )
+    max_training_rows_reason: str | None = Field(None, description="Why the limit.")
+    example: dict[str, Any] = Field(
+        description="A training request (`POST /v1/models`) that runs as it is."
+    )
 
 
 class ParametersOut(BaseModel):
@@ -333,16 +355,25 @@ class Answer(BaseModel):
 
 
 class PredictOut(Answer):
-    labels: list[int] = Field(description="Cluster index per row; -1 is noise (DBSCAN).")
+    labels: list[int] = Field(
+        description="Cluster index per row; -1 is noise (DBSCAN, agglomerative, spectral, "
+        "HDBSCAN: farther than `max_distance` from every anchor)."
+    )
 
 
 class PredictProbaOut(Answer):
     probabilities: list[list[float]] = Field(description="Rows x classes.")
-    classes: list[int]
+    classes: list[int] = Field(
+        description="The label of each column. For the clusterers with noise (DBSCAN, "
+        "agglomerative, spectral, HDBSCAN) the first is -1: 1 for a row `predict` calls "
+        "noise (all others 0), else 0."
+    )
 
 
 class TransformOut(Answer):
-    distances: list[list[float]] = Field(description="Distance to every centroid, rows x k.")
+    distances: list[list[float]] = Field(
+        description="Distance to every centroid (BIRCH: subcluster centre), rows x k."
+    )
 
 
 class ScoreSamplesOut(Answer):
@@ -429,17 +460,12 @@ class RegisterBest(Strict_):
     criterion: str = Field(
         description="Which best candidate to register: `bic`, `aic`, `log_likelihood` "
         "(Gaussian mixture); `silhouette`, `davies_bouldin`, `calinski_harabasz`, `inertia` "
-        "(the elbow) for k-means; `lower_bound`, `log_likelihood` (Bayesian mixture).",
+        "(the elbow) for k-means; `lower_bound`, `log_likelihood` (Bayesian mixture); "
+        "`silhouette`, `davies_bouldin`, `calinski_harabasz` (birch, agglomerative, hdbscan).",
         examples=["bic"],
     )
     description: str | None = Field(None, max_length=2000)
     tags: Tags = Field(default_factory=dict, max_length=50)
-
-
-SELECTION_EXAMPLE_ROWS: list[JsonValue] = [
-    [0.1, 2.3], [0.2, 2.1], [0.15, 2.2], [0.12, 2.25], [0.18, 2.32], [0.09, 2.18],
-    [5.1, 0.3], [5.0, 0.4], [5.2, 0.35], [5.05, 0.32], [4.95, 0.28], [5.12, 0.41],
-]  # fmt: skip
 
 
 class ModelSelectionRequest(Strict_):
@@ -467,8 +493,8 @@ class ModelSelectionRequest(Strict_):
     )
 
     algorithm: str = Field(
-        description="`kmeans`, `minibatch_kmeans`, `gaussian_mixture` or "
-        "`bayesian_gaussian_mixture`."
+        description="`kmeans`, `minibatch_kmeans`, `gaussian_mixture`, "
+        "`bayesian_gaussian_mixture`, `birch`, `agglomerative` or `hdbscan`."
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Hyperparameters every candidate shares."
@@ -554,7 +580,11 @@ class SelectionReport(BaseModel):
     )
     criteria: dict[str, str] = Field(description="Criterion -> `min`, `max` or `elbow`.")
     best: dict[str, Any] = Field(description="Per criterion: the best candidate.")
-    elbow: dict[str, Any] | None = None
+    elbow: dict[str, Any] | None = Field(
+        None,
+        description="k-means: the k at the elbow of the inertia curve, its candidate `index`, "
+        "the `method` and the `curve` it was read from (k, inertia, slope ratio per k).",
+    )
     registered: dict[str, Any] | None = Field(
         None, description="`{model, version, criterion}` of the registered candidate."
     )
