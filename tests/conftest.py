@@ -3,6 +3,7 @@ factory, a client that runs its lifespan, and a PostgreSQL schema per test where
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ SLOW = [
             "request_id",
             "training_handoff",
             "clusterers",
+            "openapi_examples",
         )
     ),
     TESTS / "registry" / "test_model_registry.py",
@@ -47,10 +49,23 @@ SLOW = [
 ]
 
 
+@functools.cache
+def is_slow(path: Path) -> bool:
+    return any(path == slow or slow in path.parents for slow in SLOW)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With ``-m "not slow"``, the slow modules are not even imported: collecting them (the
+    schemathesis module builds its cases from two apps' OpenAPI documents) would cost the fast
+    part more than many of its tests."""
+    if config.getoption("markexpr", "").replace(" ", "") == "notslow" and is_slow(collection_path):
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        path = Path(item.path)
-        if any(path == slow or slow in path.parents for slow in SLOW):
+        if is_slow(Path(item.path)):
             item.add_marker(pytest.mark.slow)
 
 

@@ -47,7 +47,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     # One component of four: every feature keeps most of its own residual (see the shift test).
     "pca_reconstruction": {"n_components": 1},
     "birch": {"n_clusters": 3},
-    "mean_shift": {},
+    "mean_shift": {"bin_seeding": True},
     "affinity_propagation": {"random_state": 0},
     "agglomerative": {"n_clusters": 3},
     "spectral": {"n_clusters": 3, "random_state": 0},
